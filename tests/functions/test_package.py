@@ -5,6 +5,8 @@ No Functions host can run here, so these tests hold the files to the host's cont
 """
 
 import json
+import os
+import platform
 import re
 import stat
 import subprocess
@@ -227,8 +229,8 @@ def test_docs_settings_table_covers_every_example_setting():
 
 # --- scripts/package.sh ----------------------------------------------------------------------
 
-def run_package(*args):
-    return subprocess.run(["bash", str(PACKAGE_SCRIPT), *args], cwd=REPO,
+def run_package(*args, env=None):
+    return subprocess.run(["bash", str(PACKAGE_SCRIPT), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -293,3 +295,66 @@ def test_package_help_prints_usage():
     result = run_package("--help")
     assert result.returncode == 0
     assert "--binary PATH" in result.stdout and "--out DIR" in result.stdout
+
+
+# Without --binary the script builds. A real release build takes minutes, so these tests put
+# stand-ins for cargo and rustup first on PATH: they record the call and drop a binary where
+# cargo would.
+FAKE_CARGO = """#!/bin/sh
+echo "$*" >> "$FAKE_LOG"
+case "$1" in
+  metadata) printf '{"target_directory": "%s"}\\n' "$FAKE_TARGET_DIR" ;;
+  build)
+    dir="$FAKE_TARGET_DIR/release"
+    prev=""
+    for arg in "$@"; do
+      [ "$prev" = "--target" ] && dir="$FAKE_TARGET_DIR/$arg/release"
+      prev="$arg"
+    done
+    mkdir -p "$dir" && printf 'built' > "$dir/customer360" ;;
+esac
+"""
+
+FAKE_RUSTUP = """#!/bin/sh
+printf '%s\\n' $FAKE_INSTALLED_TARGETS
+"""
+
+
+def fake_toolchain(tmp_path, installed_targets):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("cargo", FAKE_CARGO), ("rustup", FAKE_RUSTUP)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ,
+               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               FAKE_LOG=str(tmp_path / "cargo.log"),
+               FAKE_TARGET_DIR=str(tmp_path / "target"),
+               FAKE_INSTALLED_TARGETS=" ".join(installed_targets))
+    return env
+
+
+def cargo_builds(tmp_path):
+    return [line for line in (tmp_path / "cargo.log").read_text().splitlines() if line.startswith("build")]
+
+
+def test_package_builds_for_the_linux_target_when_it_is_installed(tmp_path):
+    env = fake_toolchain(tmp_path, ["wasm32-unknown-unknown", "x86_64-unknown-linux-gnu"])
+    result = run_package("--out", str(tmp_path / "out"), env=env)
+    assert result.returncode == 0, result.stderr
+    (build,) = cargo_builds(tmp_path)
+    assert "--release" in build and "--locked" in build and "--target x86_64-unknown-linux-gnu" in build
+    with zipfile.ZipFile(tmp_path / "out" / "customer360-functions.zip") as zf:
+        assert zf.read("customer360") == b"built"
+
+
+@pytest.mark.skipif(not (platform.system() == "Linux" and platform.machine() == "x86_64"),
+                    reason="the plain build is only allowed on x86_64 Linux")
+def test_package_builds_for_the_host_when_the_host_is_x86_64_linux(tmp_path):
+    env = fake_toolchain(tmp_path, ["aarch64-unknown-linux-gnu"])
+    result = run_package("--out", str(tmp_path / "out"), env=env)
+    assert result.returncode == 0, result.stderr
+    (build,) = cargo_builds(tmp_path)
+    assert "--release" in build and "--locked" in build and "--target" not in build
+    with zipfile.ZipFile(tmp_path / "out" / "customer360-functions.zip") as zf:
+        assert zf.read("customer360") == b"built"
