@@ -1,0 +1,137 @@
+//! Customer360: a CRM intelligence API. One binary, standalone on SQLite or as an Azure
+//! Functions custom handler on Cosmos DB, Key Vault and Service Bus.
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod functions;
+pub mod ids;
+pub mod ratelimit;
+pub mod secrets;
+pub mod seed;
+pub mod store;
+
+use clock::SharedClock;
+use config::{Config, StoreKind};
+use secrets::{KeyRing, Secrets};
+use std::sync::Arc;
+use store::Store;
+
+/// Everything a request can reach: one shared context.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub clock: SharedClock,
+    pub keys: KeyRing,
+    pub auth: auth::Auth,
+    pub limiter: ratelimit::RateLimiter,
+    pub token_limiter: ratelimit::RateLimiter,
+}
+
+impl App {
+    pub fn cors_allows(&self, origin: &str) -> bool {
+        let o = origin.trim_end_matches('/');
+        self.config.cors_allowed_origins.iter().any(|a| a == o)
+    }
+}
+
+/// The local secrets file also keeps the development client created on first start.
+pub const LOCAL_DEV_CLIENT: &str = "local-dev-client";
+
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    match config.store {
+        StoreKind::Sqlite => {
+            let s = store::sqlite::SqliteStore::open(&config.data_dir).map_err(|e| format!("cannot open the store: {e}"))?;
+            Ok(s)
+        }
+        StoreKind::Cosmos | StoreKind::CosmosEmulator => Err("STORE=cosmos: this build has no Cosmos adapter yet".into()),
+    }
+}
+
+pub async fn open_secrets(config: &Config) -> Result<Arc<dyn Secrets>, String> {
+    match &config.keyvault_url {
+        Some(_) => Err("KEYVAULT_URL: this build has no Key Vault adapter yet".into()),
+        None => Ok(Arc::new(secrets::local::LocalSecrets::open(&config.data_dir).map_err(|e| e.to_string())?)),
+    }
+}
+
+/// Builds the application context from configuration.
+pub async fn build(config: Config, clock: SharedClock) -> Result<Arc<App>, String> {
+    let store = open_store(&config).await?;
+    let secrets = open_secrets(&config).await?;
+    let keys = KeyRing::load(secrets).await.map_err(|e| format!("cannot load keys: {e}"))?;
+    let auth = auth::Auth::new(store.clone(), keys.clone(), clock.clone(), &config);
+    Ok(Arc::new(App {
+        limiter: ratelimit::RateLimiter::per_minute(config.rate_limit_per_minute, clock.clone()),
+        token_limiter: ratelimit::RateLimiter::per_minute(config.token_rate_limit_per_minute, clock.clone()),
+        config,
+        store,
+        clock,
+        keys,
+        auth,
+    }))
+}
+
+/// On the first standalone start with no clients, creates a development client with every
+/// scope, keeps its credentials in the local secrets file and prints them once.
+pub async fn ensure_dev_client(app: &App) -> Result<(), String> {
+    if app.config.functions_mode || app.config.keyvault_url.is_some() {
+        return Ok(());
+    }
+    if !app.store.list_clients().await.map_err(|e| e.to_string())?.is_empty() {
+        return Ok(());
+    }
+    let scopes = auth::SCOPES.iter().map(|s| s.to_string()).collect();
+    let (client, secret) = auth::create_client(app.store.as_ref(), "local development", scopes, app.clock.now())
+        .await
+        .map_err(|e| e.to_string())?;
+    let local = secrets::local::LocalSecrets::open(&app.config.data_dir).map_err(|e| e.to_string())?;
+    let creds = serde_json::json!({ "clientId": client.id, "clientSecret": secret.expose() }).to_string();
+    local.add_version(LOCAL_DEV_CLIENT, creds).map_err(|e| e.to_string())?;
+    eprintln!(
+        "Created a local development client (kept in {}/secrets.json):\n  clientId:     {}\n  clientSecret: {}",
+        app.config.data_dir.display(),
+        client.id,
+        secret.expose()
+    );
+    Ok(())
+}
+
+/// Serves until `shutdown` resolves, then drains requests and closes the store.
+pub async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let refresh = app.keys.spawn_refresh(app.config.secrets_refresh);
+    let sweeper = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                t.tick().await;
+                app.limiter.sweep();
+                app.token_limiter.sweep();
+            }
+        })
+    };
+    warp::serve(api::routes(app.clone())).incoming(listener).graceful(shutdown).run().await;
+    refresh.abort();
+    sweeper.abort();
+    app.store.close().await;
+}
+
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .try_init();
+}

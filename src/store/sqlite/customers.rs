@@ -1,0 +1,332 @@
+//! Customers, their stage history, the outbox and idempotency records on SQLite.
+use super::{internal, SqliteStore};
+use crate::domain::{Customer, StageChange};
+use crate::store::{
+    CustomerPage, CustomerStore, CustomerWrite, IdempotencyRecord, ListQuery, Order, OutboxEvent, SortField,
+    SortKey, Start, StoreError, StoreResult, WriteKind,
+};
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS customers (
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  ext_key TEXT UNIQUE,
+  email TEXT UNIQUE,
+  name_key TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  version INTEGER NOT NULL,
+  doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS customers_by_created ON customers(created_at, id);
+CREATE INDEX IF NOT EXISTS customers_by_name ON customers(name_key, id);
+CREATE VIRTUAL TABLE IF NOT EXISTS customers_fts USING fts5(
+  name, email, external_id, content='', contentless_delete=1, tokenize='trigram');
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO counters(name, value) VALUES ('customers', 0);
+CREATE TABLE IF NOT EXISTS stage_changes (
+  seq INTEGER PRIMARY KEY,
+  customer_id TEXT NOT NULL,
+  from_stage TEXT,
+  to_stage TEXT NOT NULL,
+  at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stage_changes_by_customer ON stage_changes(customer_id, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  event_type TEXT NOT NULL,
+  timestamp INTEGER NOT NULL,
+  payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+  scope TEXT NOT NULL,
+  key TEXT NOT NULL,
+  request_hash TEXT NOT NULL,
+  status INTEGER NOT NULL,
+  body TEXT NOT NULL,
+  location TEXT,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+";
+
+pub(crate) const IDEMPOTENCY_TTL_HOURS: i64 = 24;
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(m: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(m).unwrap_or_default()
+}
+
+fn row_to_customer(doc: &str, version: i64) -> StoreResult<Customer> {
+    let mut c: Customer = serde_json::from_str(doc).map_err(internal)?;
+    c.etag = version.to_string();
+    Ok(c)
+}
+
+fn get_by(conn: &Connection, column: &str, value: &str) -> StoreResult<Option<Customer>> {
+    let sql = format!("SELECT doc, version FROM customers WHERE {column} = ?1");
+    let row = conn
+        .prepare_cached(&sql)?
+        .query_row([value], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .optional()?;
+    row.map(|(d, v)| row_to_customer(&d, v)).transpose()
+}
+
+/// Escapes a user string as one FTS5 phrase (a substring query under the trigram tokenizer).
+fn fts_phrase(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Trigram search needs three characters; shorter terms fall back to a scan.
+fn uses_fts(term: &str) -> bool {
+    term.chars().count() >= 3
+}
+
+fn unique_violation(conn: &Connection, e: &rusqlite::Error, c: &Customer) -> Option<StoreError> {
+    let msg = e.to_string();
+    if !msg.contains("UNIQUE constraint failed") {
+        return None;
+    }
+    let (field, column, value) = if msg.contains("customers.email") {
+        ("email", "email", c.email.clone().unwrap_or_default())
+    } else if msg.contains("customers.ext_key") {
+        ("externalId", "ext_key", c.external_id.clone().unwrap_or_default().to_lowercase())
+    } else if msg.contains("idempotency") {
+        return Some(StoreError::Conflict { field: "idempotencyKey", existing_id: String::new() });
+    } else {
+        return None;
+    };
+    let existing = conn
+        .query_row(&format!("SELECT id FROM customers WHERE {column} = ?1"), [&value], |r| r.get::<_, String>(0))
+        .unwrap_or_default();
+    Some(StoreError::Conflict { field, existing_id: existing })
+}
+
+fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<String> {
+    let c = &w.customer;
+    let doc = serde_json::to_string(c).map_err(internal)?;
+    let ext_key = c.external_id.as_ref().map(|e| e.to_lowercase());
+    let conflict = |e: rusqlite::Error| unique_violation(conn, &e, c).unwrap_or_else(|| e.into());
+    let (seq, version, fts_changed) = match &w.kind {
+        WriteKind::Insert => {
+            conn.prepare_cached(
+                "INSERT INTO customers (id, ext_key, email, name_key, created_at, version, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
+            )?
+            .execute(params![c.id, ext_key, c.email, c.name_key(), micros(c.created_at), doc])
+            .map_err(conflict)?;
+            conn.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'customers'")?.execute([])?;
+            (conn.last_insert_rowid(), 1i64, true)
+        }
+        WriteKind::Update { expected_etag } => {
+            let current = conn
+                .prepare_cached("SELECT seq, version, doc FROM customers WHERE id = ?1")?
+                .query_row([&c.id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
+                .optional()?;
+            let Some((seq, version, old_doc)) = current else { return Err(StoreError::NotFound) };
+            if version.to_string() != *expected_etag {
+                return Err(StoreError::PreconditionFailed);
+            }
+            let old: Customer = serde_json::from_str(&old_doc).map_err(internal)?;
+            conn.prepare_cached(
+                "UPDATE customers SET ext_key = ?2, email = ?3, name_key = ?4, version = ?5, doc = ?6 WHERE seq = ?1",
+            )?
+            .execute(params![seq, ext_key, c.email, c.name_key(), version + 1, doc])
+            .map_err(conflict)?;
+            let fts_changed = old.name != c.name || old.email != c.email || old.external_id != c.external_id;
+            if fts_changed {
+                conn.prepare_cached("DELETE FROM customers_fts WHERE rowid = ?1")?.execute([seq])?;
+            }
+            (seq, version + 1, fts_changed)
+        }
+    };
+    if fts_changed {
+        conn.prepare_cached("INSERT INTO customers_fts (rowid, name, email, external_id) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![seq, c.name, c.email, c.external_id])?;
+    }
+    for s in &w.stage_changes {
+        conn.prepare_cached("INSERT INTO stage_changes (customer_id, from_stage, to_stage, at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![s.customer_id, s.from.map(|f| f.as_str()), s.to.as_str(), micros(s.at)])?;
+    }
+    super::insights::apply_rollups(conn, &w.rollups)?;
+    for e in &w.events {
+        conn.prepare_cached("INSERT INTO outbox (id, event_type, timestamp, payload) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![e.id, e.event_type, micros(e.timestamp), e.payload.to_string()])?;
+    }
+    if let Some(r) = &w.idempotency {
+        let cutoff = micros(r.created_at - Duration::hours(IDEMPOTENCY_TTL_HOURS));
+        conn.prepare_cached("DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND created_at < ?3")?
+            .execute(params![r.scope, r.key, cutoff])?;
+        conn.prepare_cached(
+            "INSERT INTO idempotency (scope, key, request_hash, status, body, location, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![r.scope, r.key, r.request_hash, r.status, r.body, r.location, micros(r.created_at)])
+        .map_err(conflict)?;
+    }
+    Ok(version.to_string())
+}
+
+#[async_trait::async_trait]
+impl CustomerStore for SqliteStore {
+    async fn get_customer(&self, id: &str) -> StoreResult<Option<Customer>> {
+        let id = id.to_string();
+        self.read(move |c| get_by(c, "id", &id)).await
+    }
+
+    async fn find_customer_by_external_id(&self, external_id: &str) -> StoreResult<Option<Customer>> {
+        let key = external_id.to_lowercase();
+        self.read(move |c| get_by(c, "ext_key", &key)).await
+    }
+
+    async fn list_customers(&self, q: &ListQuery) -> StoreResult<CustomerPage> {
+        let q = q.clone();
+        self.read(move |conn| list(conn, &q)).await
+    }
+
+    async fn write_customer(&self, w: CustomerWrite) -> StoreResult<String> {
+        self.write(move |conn| apply_write(conn, &w)).await
+    }
+
+    async fn stage_history(&self, customer_id: &str) -> StoreResult<Vec<StageChange>> {
+        let id = customer_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT from_stage, to_stage, at FROM stage_changes WHERE customer_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([&id], |r| {
+                Ok((r.get::<_, Option<String>>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (from, to, at) = row?;
+                out.push(StageChange {
+                    customer_id: id.clone(),
+                    from: from.as_deref().and_then(crate::domain::LifecycleStage::parse),
+                    to: crate::domain::LifecycleStage::parse(&to).ok_or_else(|| internal("bad stage"))?,
+                    at: from_micros(at),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get_idempotency(&self, scope: &str, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
+        let (scope, key) = (scope.to_string(), key.to_string());
+        let cutoff = micros(Utc::now() - Duration::hours(IDEMPOTENCY_TTL_HOURS));
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT request_hash, status, body, location, created_at FROM idempotency
+                 WHERE scope = ?1 AND key = ?2 AND created_at >= ?3",
+            )?
+            .query_row(params![scope, key, cutoff], |r| {
+                Ok(IdempotencyRecord {
+                    scope: scope.clone(),
+                    key: key.clone(),
+                    request_hash: r.get(0)?,
+                    status: r.get(1)?,
+                    body: r.get(2)?,
+                    location: r.get(3)?,
+                    created_at: from_micros(r.get(4)?),
+                })
+            })
+            .optional()
+            .map_err(Into::into)
+        })
+        .await
+    }
+
+    async fn outbox_events(&self, after_id: Option<&str>, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        let after = after_id.map(str::to_string);
+        self.read(move |conn| {
+            let after_seq: i64 = match &after {
+                Some(id) => conn
+                    .query_row("SELECT seq FROM outbox WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0),
+                None => 0,
+            };
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, event_type, timestamp, payload FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after_seq, limit], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, event_type, ts, payload) = row?;
+                out.push(OutboxEvent {
+                    id,
+                    event_type,
+                    timestamp: from_micros(ts),
+                    payload: serde_json::from_str(&payload).map_err(internal)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn list(conn: &Connection, q: &ListQuery) -> StoreResult<CustomerPage> {
+    let (col, dir, cmp) = match (q.sort, q.order) {
+        (SortField::CreatedAt, Order::Desc) => ("created_at", "DESC", "<"),
+        (SortField::CreatedAt, Order::Asc) => ("created_at", "ASC", ">"),
+        (SortField::Name, Order::Desc) => ("name_key", "DESC", "<"),
+        (SortField::Name, Order::Asc) => ("name_key", "ASC", ">"),
+    };
+    let mut filters: Vec<String> = Vec::new();
+    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+    let search = q.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
+    let total: u64 = match &search {
+        None => conn.prepare_cached("SELECT value FROM counters WHERE name = 'customers'")?.query_row([], |r| r.get(0))?,
+        Some(term) if uses_fts(term) => {
+            filters.push("c.seq IN (SELECT rowid FROM customers_fts WHERE customers_fts MATCH ?)".into());
+            args.push(Box::new(fts_phrase(term)));
+            conn.prepare_cached("SELECT count(*) FROM customers_fts WHERE customers_fts MATCH ?1")?
+                .query_row([fts_phrase(term)], |r| r.get(0))?
+        }
+        Some(term) => {
+            let f = "(instr(c.name_key, ?) > 0 OR instr(coalesce(c.email, ''), ?) > 0 OR instr(coalesce(c.ext_key, ''), ?) > 0)";
+            filters.push(f.into());
+            for _ in 0..3 {
+                args.push(Box::new(term.clone()));
+            }
+            let sql = format!("SELECT count(*) FROM customers c WHERE {f}");
+            conn.prepare_cached(&sql)?.query_row(params![term, term, term], |r| r.get(0))?
+        }
+    };
+    let offset = match &q.start {
+        Start::Offset(n) => *n,
+        Start::After(SortKey { value, id }) => {
+            filters.push(format!("(c.{col}, c.id) {cmp} (?, ?)"));
+            match q.sort {
+                SortField::CreatedAt => args.push(Box::new(value.as_i64().ok_or_else(|| internal("bad cursor"))?)),
+                SortField::Name => args.push(Box::new(value.as_str().unwrap_or_default().to_string())),
+            }
+            args.push(Box::new(id.clone()));
+            0
+        }
+    };
+    let where_ = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
+    let sql = format!(
+        "SELECT c.doc, c.version FROM customers c {where_} ORDER BY c.{col} {dir}, c.id {dir} LIMIT ? OFFSET ?"
+    );
+    args.push(Box::new(q.limit as i64));
+    args.push(Box::new(offset.min(i64::MAX as u64) as i64));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let arg_refs: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
+    let rows = stmt.query_map(arg_refs.as_slice(), |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut items = Vec::with_capacity(q.limit as usize);
+    for row in rows {
+        let (doc, version) = row?;
+        items.push(row_to_customer(&doc, version)?);
+    }
+    Ok(CustomerPage { items, total })
+}

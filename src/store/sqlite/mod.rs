@@ -1,0 +1,270 @@
+//! The embedded store: one SQLite file in WAL mode. Reads go through a small pool of
+//! connections; every write goes to one writer thread that commits in groups, so a write is
+//! acknowledged only once it is on disk (synchronous=FULL) and many writes share one fsync.
+use super::{StoreError, StoreResult};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{oneshot, Semaphore};
+
+mod clients;
+mod customers;
+mod insights;
+
+/// Each area's schema; run in order, idempotently, at open.
+const SCHEMA: &[&str] = &[customers::SCHEMA, clients::SCHEMA, insights::SCHEMA];
+
+/// Writes grouped into one transaction at most.
+const MAX_BATCH: usize = 512;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    readers: Arc<ReaderPool>,
+    writer: Mutex<Option<mpsc::Sender<Box<dyn Job>>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+pub(crate) fn internal(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
+         PRAGMA cache_size=-65536; PRAGMA mmap_size=1073741824; PRAGMA temp_store=MEMORY;",
+    )?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<dir>/customer360.db`.
+    pub fn open(dir: &Path) -> StoreResult<Arc<SqliteStore>> {
+        std::fs::create_dir_all(dir).map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("customer360.db");
+        let conn = open(&path, false)?;
+        for sql in SCHEMA {
+            conn.execute_batch(sql)?;
+        }
+        let readers = ReaderPool::new(&path, 4)?;
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(internal)?;
+        Ok(Arc::new(SqliteStore {
+            path,
+            readers: Arc::new(readers),
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a read connection off the async threads.
+    pub(crate) async fn read<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        self.readers.with(f).await
+    }
+
+    /// Runs `f` inside the writer's current transaction (in its own savepoint: an error
+    /// undoes only this write) and answers once the transaction is durable.
+    pub(crate) async fn write<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(TypedJob { f: Some(f), out: None, reply: Some(tx) });
+        {
+            let guard = self.writer.lock();
+            let sender = guard.as_ref().ok_or_else(|| StoreError::Unavailable("store is closing".into()))?;
+            sender.send(job).map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        }
+        rx.await.map_err(|_| StoreError::Internal("writer dropped the write".into()))?
+    }
+
+    /// Waits for every queued write to commit, then stops the writer.
+    pub fn shutdown(&self) {
+        drop(self.writer.lock().take());
+        if let Some(t) = self.writer_thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct ReaderPool {
+    conns: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+    path: PathBuf,
+}
+
+impl ReaderPool {
+    fn new(path: &Path, size: usize) -> StoreResult<Self> {
+        let conns = (0..size).map(|_| open(path, true)).collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Self { conns: Mutex::new(conns), permits: Semaphore::new(size), path: path.to_path_buf() })
+    }
+
+    async fn with<R, F>(self: &Arc<Self>, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let _permit = self.permits.acquire().await.map_err(internal)?;
+        let conn = self.conns.lock().pop();
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match conn {
+                Some(c) => c,
+                None => open(&pool.path, true)?,
+            };
+            let out = f(&conn);
+            pool.conns.lock().push(conn);
+            out
+        })
+        .await
+        .map_err(internal)?
+    }
+}
+
+trait Job: Send {
+    /// Runs the write; false means it failed and its savepoint must be rolled back.
+    fn apply(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the transaction's fate is known.
+    fn finish(self: Box<Self>, committed: &StoreResult<()>);
+}
+
+struct TypedJob<R, F> {
+    f: Option<F>,
+    out: Option<StoreResult<R>>,
+    reply: Option<oneshot::Sender<StoreResult<R>>>,
+}
+
+impl<R: Send, F: FnOnce(&Connection) -> StoreResult<R> + Send> Job for TypedJob<R, F> {
+    fn apply(&mut self, conn: &Connection) -> bool {
+        let f = self.f.take().expect("a job runs once");
+        let out = f(conn);
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn finish(mut self: Box<Self>, committed: &StoreResult<()>) {
+        let out = match (committed, self.out.take()) {
+            (Err(e), Some(Ok(_))) => Err(e.clone()),
+            (_, Some(out)) => out,
+            (Err(e), None) => Err(e.clone()),
+            (Ok(()), None) => Err(StoreError::Internal("write never ran".into())),
+        };
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(out);
+        }
+    }
+}
+
+impl Clone for StoreError {
+    fn clone(&self) -> Self {
+        match self {
+            StoreError::NotFound => StoreError::NotFound,
+            StoreError::PreconditionFailed => StoreError::PreconditionFailed,
+            StoreError::Conflict { field, existing_id } => {
+                StoreError::Conflict { field, existing_id: existing_id.clone() }
+            }
+            StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
+            StoreError::Internal(s) => StoreError::Internal(s.clone()),
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let committed = run_batch(&conn, &mut batch);
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, writes = batch.len(), "write batch failed");
+        }
+        for job in batch {
+            job.finish(&committed);
+        }
+    }
+    // Leave a clean WAL behind for the next start.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    for job in batch.iter_mut() {
+        let step = (|| -> rusqlite::Result<()> {
+            conn.execute_batch("SAVEPOINT w")?;
+            if job.apply(conn) {
+                conn.execute_batch("RELEASE w")
+            } else {
+                conn.execute_batch("ROLLBACK TO w; RELEASE w")
+            }
+        })();
+        if let Err(e) = step {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl super::Health for SqliteStore {
+    async fn ready(&self) -> StoreResult<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(Into::into)).await
+    }
+
+    async fn close(&self) {
+        // The writer drains its queue first: everything acknowledged is already committed.
+        drop(self.writer.lock().take());
+        let thread = self.writer_thread.lock().take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
