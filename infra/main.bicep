@@ -41,6 +41,9 @@ param cosmosAutoscaleMaxThroughput int = 1000
 @description('Optional second Cosmos DB region for disaster recovery (Autoscale only). Empty = single region.')
 param cosmosSecondaryLocation string = ''
 
+@description('Cosmos DB account name override, e.g. an account restored with az cosmosdb restore. Empty = the generated name.')
+param cosmosAccountName string = ''
+
 @description('Service Bus queue of sync jobs.')
 param syncQueueName string = 'sync-jobs'
 
@@ -103,6 +106,10 @@ param operatorPrincipalId string = ''
 @description('Flex Consumption: maximum instances.')
 param functionMaximumInstanceCount int = 100
 
+@description('Flex Consumption: always-ready HTTP instances (no cold starts on the API; billed while idle). 0 = scale to zero.')
+@minValue(0)
+param functionAlwaysReadyInstances int = 0
+
 @description('Flex Consumption: memory per instance, MB.')
 @allowed([
   512
@@ -126,7 +133,7 @@ var names = {
   appInsights: 'appi-${baseName}-${token}'
   storage: take('st${compactName}${token}', 24)
   deploymentContainer: 'app-package'
-  cosmos: 'cosmos-${baseName}-${token}'
+  cosmos: empty(cosmosAccountName) ? 'cosmos-${baseName}-${token}' : cosmosAccountName
   serviceBus: 'sb-${baseName}-${token}'
   keyVault: take('kv${compactName}${token}', 24)
   plan: 'plan-${baseName}-${token}'
@@ -348,6 +355,7 @@ module functionApp 'modules/functionapp.bicep' = {
     appSettings: appSettings
     maximumInstanceCount: functionMaximumInstanceCount
     instanceMemoryMB: functionInstanceMemoryMB
+    alwaysReadyInstances: functionAlwaysReadyInstances
   }
   // Start the host only once every data-plane role is granted (the storage,
   // Service Bus and Key Vault ones are implied by the outputs used above).

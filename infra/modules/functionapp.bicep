@@ -38,6 +38,10 @@ param maximumInstanceCount int = 100
 ])
 param instanceMemoryMB int = 2048
 
+@description('Always-ready (pre-warmed, billed) instances for the HTTP trigger group; 0 = scale to zero.')
+@minValue(0)
+param alwaysReadyInstances int = 0
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -80,10 +84,18 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           }
         }
       }
-      scaleAndConcurrency: {
+      scaleAndConcurrency: union({
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
-      }
+      }, alwaysReadyInstances > 0 ? {
+        // Warm instances for the HTTP group: no cold start on the API path.
+        alwaysReady: [
+          {
+            name: 'http'
+            instanceCount: alwaysReadyInstances
+          }
+        ]
+      } : {})
       runtime: {
         name: 'custom'
         version: '1.0'

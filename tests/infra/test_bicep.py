@@ -851,7 +851,7 @@ MUTATIONS = [
     ("ftp-allowed", "modules/functionapp.bicep", "    allow: false\n", "function_app", "    allow: true\n"),
     ("shared-key", "modules/storage.bicep", "allowSharedKeyAccess: false", "storage", "allowSharedKeyAccess: true"),
     ("p95-threshold", "main.bicep", "param p95ThresholdMs int = 300", "alerts", "param p95ThresholdMs int = 500"),
-    ("p95-percentile", "modules/alerts.bicep", "percentile(duration, 95)", "alerts", "percentile(duration, 50)"),
+    ("p95-percentile", "modules/alerts.bicep", "p95 = percentile(duration, 95)", "alerts", "p95 = percentile(duration, 50)"),
     ("deadletter-dimension", "modules/alerts.bicep", "              name: 'EntityName'", "alerts",
      "              name: 'Entity'"),
     ("cosmos-429", "modules/alerts.bicep", "                '429'\n", "alerts", "                '503'\n"),
