@@ -30,7 +30,7 @@ param principalId string
 // Azure Service Bus Data Receiver.
 var dataReceiverRoleId = '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
 
-resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
+resource busNamespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   name: namespaceName
   location: location
   tags: tags
@@ -49,7 +49,7 @@ resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
 }
 
 resource queue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
-  parent: namespace
+  parent: busNamespace
   name: queueName
   properties: {
     maxDeliveryCount: maxDeliveryCount
@@ -83,11 +83,11 @@ resource dataReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-output id string = namespace.id
-output name string = namespace.name
+output id string = busNamespace.id
+output name string = busNamespace.name
 // serviceBusEndpoint is https://<ns>.servicebus.windows.net:443/ (other host
 // suffix in sovereign clouds); keep only the host name.
-output fullyQualifiedNamespace string = split(replace(namespace.properties.serviceBusEndpoint, 'https://', ''), ':')[0]
+output fullyQualifiedNamespace string = split(replace(busNamespace.properties.serviceBusEndpoint, 'https://', ''), ':')[0]
 output queueName string = queue.name
 output sendRuleName string = sendRule.name
 output maxDeliveryCount int = queue.properties.maxDeliveryCount
