@@ -357,12 +357,8 @@ module functionApp 'modules/functionapp.bicep' = {
     instanceMemoryMB: functionInstanceMemoryMB
     alwaysReadyInstances: functionAlwaysReadyInstances
   }
-  // Start the host only once every data-plane role is granted (the storage,
-  // Service Bus and Key Vault ones are implied by the outputs used above).
-  dependsOn: [
-    cosmos
-    monitoring
-  ]
+  // No dependsOn needed: appSettings reads outputs of every other module, so
+  // the app is created only after all of them, role assignments included.
 }
 
 module alerts 'modules/alerts.bicep' = {
