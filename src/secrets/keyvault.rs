@@ -142,6 +142,6 @@ fn backend(name: &str, e: azure_core::Error) -> SecretsError {
     if e.http_status() == Some(StatusCode::NotFound) {
         return SecretsError::NotFound(name.to_string());
     }
-    // The SDK's error names the status and Key Vault's error code; it never carries a value.
-    SecretsError::Backend(format!("Key Vault ({name}): {e}"))
+    // The kind names the HTTP status and Key Vault's error code; neither carries a value.
+    SecretsError::Backend(format!("Key Vault ({name}): {:?}: {e}", e.kind()))
 }
