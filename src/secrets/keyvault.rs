@@ -21,8 +21,9 @@ use std::time::Duration;
 /// Versions returned per secret: the signer, the one before it, and one spare.
 pub const MAX_VERSIONS: usize = 3;
 
-/// A refresh that takes longer than this fails (and the ring keeps its last keys).
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A read that takes longer fails: start-up then reports it inside Flex Consumption's 30 s start
+/// window, and a background refresh keeps the last keys.
+const READ_TIMEOUT: Duration = Duration::from_secs(12);
 
 pub struct KeyVaultSecrets {
     client: SecretClient,
