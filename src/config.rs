@@ -20,6 +20,15 @@ pub struct CosmosConfig {
     pub key: Option<crate::secrets::SecretString>,
 }
 
+/// How the app authenticates to Azure services (AZURE_CREDENTIAL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzureCredentialKind {
+    /// The app's managed identity (user-assigned when AZURE_CLIENT_ID is set); the default.
+    ManagedIdentity,
+    /// The developer's own `az login` / `azd auth login`, for running against a personal vault.
+    Developer,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServiceBusConfig {
     pub namespace: String,
@@ -37,6 +46,7 @@ pub struct Config {
     pub cosmos: Option<CosmosConfig>,
     pub keyvault_url: Option<String>,
     pub azure_client_id: Option<String>,
+    pub azure_credential: AzureCredentialKind,
     pub servicebus: Option<ServiceBusConfig>,
     pub jwt_issuer: String,
     pub jwt_audience: String,
@@ -117,6 +127,14 @@ impl Config {
                 p.push(format!("KEYVAULT_URL: must be an https URL, got {url:?}"));
             }
         }
+        let azure_credential = match var("AZURE_CREDENTIAL").as_deref() {
+            None | Some("managedidentity") => AzureCredentialKind::ManagedIdentity,
+            Some("developer") => AzureCredentialKind::Developer,
+            Some(other) => {
+                p.push(format!("AZURE_CREDENTIAL: expected managedidentity or developer, got {other:?}"));
+                AzureCredentialKind::ManagedIdentity
+            }
+        };
         if functions_port.is_some() && store == StoreKind::Cosmos && keyvault_url.is_none() {
             p.push("KEYVAULT_URL: required when running on Cosmos under Functions".into());
         }
@@ -128,6 +146,7 @@ impl Config {
             cosmos,
             keyvault_url,
             azure_client_id: var("AZURE_CLIENT_ID"),
+            azure_credential,
             servicebus,
             jwt_issuer: var("JWT_ISSUER").unwrap_or_else(|| "customer360".into()),
             jwt_audience: var("JWT_AUDIENCE").unwrap_or_else(|| "customer360-api".into()),

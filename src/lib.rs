@@ -52,7 +52,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
 
 pub async fn open_secrets(config: &Config) -> Result<Arc<dyn Secrets>, String> {
     match &config.keyvault_url {
-        Some(_) => Err("KEYVAULT_URL: this build has no Key Vault adapter yet".into()),
+        Some(_) => Ok(Arc::new(secrets::keyvault::KeyVaultSecrets::from_config(config)?)),
         None => Ok(Arc::new(secrets::local::LocalSecrets::open(&config.data_dir).map_err(|e| e.to_string())?)),
     }
 }

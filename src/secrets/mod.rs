@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::RwLock;
 use std::sync::Arc;
 
+pub mod keyvault;
 pub mod local;
 
 pub const JWT_SIGNING_KEY: &str = "jwt-signing-key";
