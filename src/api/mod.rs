@@ -365,8 +365,22 @@ async fn dispatch(app: &App, req: &mut Req, rate: &mut Option<crate::ratelimit::
         ["api", ".well-known", "oauth-authorization-server"] => token::metadata(app, req),
         ["api", "customers", rest @ ..] => customers::handle(app, req, rest).await,
         ["api", "insights"] => insights::handle(app, req).await,
+        ["api", "openapi.json"] => openapi(req),
         _ => Err(ApiError::not_found("Route")),
     }
+}
+
+/// The OpenAPI 3.1 document of this API (checked against the running binary by schemathesis).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+fn openapi(req: &Req) -> Result<Resp> {
+    if req.method != Method::GET {
+        return Err(method_not_allowed("GET"));
+    }
+    let mut r = http::Response::new(Bytes::from_static(OPENAPI.as_bytes()));
+    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+    r.headers_mut().insert("cache-control", HeaderValue::from_static("public, max-age=300"));
+    Ok(r)
 }
 
 fn ip_key(req: &Req) -> String {
