@@ -46,10 +46,10 @@ impl Server {
         cmd.arg("serve")
             .env("DATA_DIR", dir)
             .env("PORT", port.to_string())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
             .env_remove("STORE")
-            .stdout(Stdio::null())
+            .stdout(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stdout.log")).unwrap())
             .stderr(Stdio::null());
         for (k, v) in &env {
             cmd.env(k, v);
@@ -102,6 +102,11 @@ impl Server {
         self.base = next.base.clone();
     }
 
+    /// Everything the server logged (JSON lines on stdout) so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
     /// The development client written by the first start.
     pub fn dev_credentials(&self) -> (String, String) {
         let file: Value = serde_json::from_slice(&std::fs::read(self.dir.join("secrets.json")).unwrap()).unwrap();
@@ -131,6 +136,17 @@ impl Server {
         let r = self.token_for(&id, &secret, None).await;
         assert_eq!(r.status(), 200);
         r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// A client made with the CLI (under Functions there is no development client).
+    pub async fn cli_client(&self, scopes: &str) -> (Api, String) {
+        let out = cli(&self.dir, &["clients", "create", "--name", "test", "--scopes", scopes]);
+        let id = out.lines().find_map(|l| l.strip_prefix("clientId:")).unwrap().trim().to_string();
+        let secret = out.lines().find_map(|l| l.strip_prefix("clientSecret:")).unwrap().trim().to_string();
+        let r = self.token_for(&id, &secret, None).await;
+        assert_eq!(r.status(), 200);
+        let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+        (Api { base: self.base.clone(), token, http: reqwest::Client::new() }, secret)
     }
 
     pub async fn client(&self) -> Api {
