@@ -98,6 +98,8 @@ pub struct Auth {
     audience: String,
     ttl: Duration,
     cache_ttl: Duration,
+    /// How long every instance may take to learn of a new key version.
+    key_propagation: Duration,
     /// client id -> (still active?, when checked): revocation reaches validation within cache_ttl.
     active: DashMap<String, (bool, Instant)>,
     /// Compared against when the client id is unknown, so both paths cost the same.
@@ -114,6 +116,7 @@ impl Auth {
             audience: cfg.jwt_audience.clone(),
             ttl: cfg.token_ttl,
             cache_ttl: cfg.client_cache_ttl,
+            key_propagation: cfg.secrets_refresh,
             active: DashMap::new(),
             dummy_hash: hash_secret("no such client"),
         }
@@ -151,7 +154,10 @@ impl Auth {
     /// Signs a token for `sub` with the newest key.
     pub fn sign(&self, sub: &str, scope: &str) -> Result<SecretString, String> {
         let keys = self.keys.current();
-        let key = keys.jwt.first().ok_or("no signing key")?;
+        // Sign with a new version only once every instance has had time to load it, so a token
+        // from one instance always verifies on the others during a rotation.
+        let settled = self.clock.now() - chrono::Duration::from_std(self.key_propagation).unwrap_or_default();
+        let key = keys.jwt.iter().find(|k| k.created <= settled).or(keys.jwt.last()).ok_or("no signing key")?;
         let now = self.clock.now().timestamp();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -245,4 +251,31 @@ pub async fn create_client(
     };
     store.create_client(&client).await?;
     Ok((client, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::secrets::{local::LocalSecrets, Secrets, JWT_SIGNING_KEY};
+
+    #[tokio::test]
+    async fn a_new_key_version_signs_only_after_every_instance_can_have_loaded_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Arc::new(LocalSecrets::open(dir.path()).unwrap());
+        let keys = KeyRing::load(secrets.clone() as Arc<dyn Secrets>).await.unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(dir.path()).unwrap();
+        let clock = ManualClock::new(chrono::Utc::now());
+        let mut cfg = crate::config::Config::from_env().unwrap();
+        cfg.secrets_refresh = Duration::from_secs(300);
+        let auth = Auth::new(store, keys.clone(), Arc::new(clock.clone()), &cfg);
+        let kid = |t: &SecretString| jsonwebtoken::decode_header(t.expose()).unwrap().kid.unwrap();
+        let old = secrets.versions(JWT_SIGNING_KEY).await.unwrap()[0].version.clone();
+        assert_eq!(kid(&auth.sign("c", "s").unwrap()), old, "a lone new key signs at once");
+        let new = secrets.add_version(JWT_SIGNING_KEY, crate::secrets::local::random_key()).unwrap();
+        keys.refresh().await.unwrap();
+        assert_eq!(kid(&auth.sign("c", "s").unwrap()), old, "the new version is not settled yet");
+        clock.advance(chrono::Duration::seconds(301));
+        assert_eq!(kid(&auth.sign("c", "s").unwrap()), new);
+    }
 }
