@@ -123,15 +123,23 @@ pub async fn serve(
     app.store.close().await;
 }
 
-pub fn init_logging() {
+/// JSON lines on stdout (the Functions host forwards them to Application Insights), written by
+/// a background thread so a slow stdout never stalls a request. Keep the guard until exit: it
+/// flushes what is queued.
+pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .finish(std::io::stdout());
     let _ = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(true)
         .with_span_list(false)
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .try_init();
+    guard
 }

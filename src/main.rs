@@ -82,7 +82,7 @@ async fn main() {
     let config = Config::from_env().unwrap_or_else(|e| fail(e));
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            customer360::init_logging();
+            let _log_guard = customer360::init_logging();
             // Bind first: the Functions host polls GET / while we load the rest.
             let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap_or_else(|e| fail(format!("cannot listen on {}: {e}", config.bind)));
             let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
