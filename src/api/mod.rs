@@ -17,6 +17,7 @@ pub mod customers;
 pub mod health;
 pub mod insights;
 pub mod token;
+pub mod webhooks;
 
 pub type Resp = http::Response<Bytes>;
 
@@ -365,6 +366,7 @@ async fn dispatch(app: &App, req: &mut Req, rate: &mut Option<crate::ratelimit::
         ["api", ".well-known", "oauth-authorization-server"] => token::metadata(app, req),
         ["api", "customers", rest @ ..] => customers::handle(app, req, rest).await,
         ["api", "insights"] => insights::handle(app, req).await,
+        ["api", "webhooks", rest @ ..] => webhooks::handle(app, req, rest).await,
         _ => Err(ApiError::not_found("Route")),
     }
 }
