@@ -25,8 +25,8 @@ const LEASE: Duration = Duration::minutes(2);
 const FAN_OUT_BATCH: u32 = 500;
 const CLAIM_BATCH: u32 = 50;
 const PARALLEL_SENDS: usize = 8;
-/// One dispatch pass sends at most this many batches, so a timer invocation ends in time.
-const MAX_ROUNDS: usize = 20;
+/// A pass starts no new batch after this long, so a timer invocation ends in time.
+const PASS_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
@@ -105,7 +105,8 @@ async fn fan_out(app: &App) -> StoreResult<usize> {
 async fn send_due(app: &App, report: &mut DispatchReport) -> StoreResult<()> {
     let owner = crate::ids::new_id("lease");
     let mut subs: HashMap<String, Option<Arc<WebhookSubscription>>> = HashMap::new();
-    for _ in 0..MAX_ROUNDS {
+    let started = std::time::Instant::now();
+    while started.elapsed() < PASS_BUDGET {
         let now = app.clock.now();
         let claimed = app.store.claim_due_deliveries(now, now + LEASE, &owner, CLAIM_BATCH).await?;
         let n = claimed.len();
