@@ -1,7 +1,7 @@
 //! The webhook part of the storage port: subscriptions, the fan-out position in the outbox and
 //! one delivery per (subscription, event), claimed with a lease so two instances never send the
 //! same attempt.
-use super::StoreResult;
+use super::{OutboxEvent, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -95,11 +95,13 @@ pub trait WebhookStore: Send + Sync {
     /// Removes the subscription and its deliveries (pending ones are never sent). NotFound if absent.
     async fn delete_subscription(&self, id: &str) -> StoreResult<()>;
 
-    /// The id of the last outbox event already fanned out, if any.
-    async fn fan_out_mark(&self) -> StoreResult<Option<String>>;
+    /// Outbox events not yet fanned out, oldest first (the same event may come again until
+    /// `fan_out` has recorded it, never after).
+    async fn events_to_fan_out(&self, limit: u32) -> StoreResult<Vec<OutboxEvent>>;
     /// Stores the deliveries, skipping any (subscription, event) pair that already has one, and
-    /// moves the mark forward to `mark` (never back), all in one write.
-    async fn fan_out(&self, deliveries: Vec<WebhookDelivery>, mark: &str) -> StoreResult<()>;
+    /// records `events` (a batch from `events_to_fan_out`) as fanned out, all in one write.
+    /// Safe to repeat and to run on two instances at once.
+    async fn fan_out(&self, deliveries: Vec<WebhookDelivery>, events: &[String]) -> StoreResult<()>;
 
     /// Atomically leases up to `limit` pending deliveries due at `now` whose lease is free or
     /// expired, to `owner` until `lease_until`; returns them.

@@ -65,10 +65,10 @@ async fn fan_out(app: &App) -> StoreResult<usize> {
     let mut made = 0;
     let mut subs: Option<Vec<WebhookSubscription>> = None;
     loop {
-        let mark = app.store.fan_out_mark().await?;
-        let events = app.store.outbox_events(mark.as_deref(), FAN_OUT_BATCH).await?;
-        let Some(last) = events.last() else { return Ok(made) };
-        let last_id = last.id.clone();
+        let events = app.store.events_to_fan_out(FAN_OUT_BATCH).await?;
+        if events.is_empty() {
+            return Ok(made);
+        }
         if subs.is_none() {
             subs = Some(app.store.list_subscriptions().await?);
         }
@@ -95,7 +95,8 @@ async fn fan_out(app: &App) -> StoreResult<usize> {
             }
         }
         made += deliveries.len();
-        app.store.fan_out(deliveries, &last_id).await?;
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        app.store.fan_out(deliveries, &ids).await?;
         if events.len() < FAN_OUT_BATCH as usize {
             return Ok(made);
         }

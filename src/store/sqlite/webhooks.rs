@@ -1,7 +1,7 @@
 //! Webhook subscriptions, the fan-out mark and deliveries on SQLite.
 use super::{internal, SqliteStore};
 use crate::store::{
-    AttemptResult, DeliveryStatus, StoreError, StoreResult, WebhookDelivery, WebhookStore, WebhookSubscription,
+    AttemptResult, CustomerStore, OutboxEvent, DeliveryStatus, StoreError, StoreResult, WebhookDelivery, WebhookStore, WebhookSubscription,
 };
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -172,18 +172,21 @@ impl WebhookStore for SqliteStore {
         .await
     }
 
-    async fn fan_out_mark(&self) -> StoreResult<Option<String>> {
-        self.read(|conn| {
-            conn.prepare_cached("SELECT value FROM webhook_state WHERE name = ?1")?
-                .query_row([MARK], |r| r.get(0))
-                .optional()
-                .map_err(Into::into)
-        })
-        .await
+    async fn events_to_fan_out(&self, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        // The outbox's seq follows commit order (one writer), so a high-water mark suffices.
+        let mark = self
+            .read(|conn| {
+                conn.prepare_cached("SELECT value FROM webhook_state WHERE name = ?1")?
+                    .query_row([MARK], |r| r.get::<_, String>(0))
+                    .optional()
+                    .map_err(StoreError::from)
+            })
+            .await?;
+        self.outbox_events(mark.as_deref(), limit).await
     }
 
-    async fn fan_out(&self, deliveries: Vec<WebhookDelivery>, mark: &str) -> StoreResult<()> {
-        let mark = mark.to_string();
+    async fn fan_out(&self, deliveries: Vec<WebhookDelivery>, events: &[String]) -> StoreResult<()> {
+        let Some(mark) = events.last().cloned() else { return Ok(()) };
         self.write(move |conn| {
             for d in &deliveries {
                 conn.prepare_cached(
