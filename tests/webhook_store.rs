@@ -80,7 +80,7 @@ pub async fn fan_out_is_idempotent_and_never_goes_back(store: &dyn Store) {
     store.fan_out(vec![delivery(&sub.id, &e1, t0()), delivery(&sub.id, &e2, t0())], &pending).await.unwrap();
     assert!(store.events_to_fan_out(10).await.unwrap().is_empty());
     // A second instance that read the same events before makes nothing new and moves nothing back.
-    store.fan_out(vec![delivery(&sub.id, &e1, t0())], &[e1.clone()]).await.unwrap();
+    store.fan_out(vec![delivery(&sub.id, &e1, t0())], std::slice::from_ref(&e1)).await.unwrap();
     assert!(store.events_to_fan_out(10).await.unwrap().is_empty());
     let e3 = write_customer(store, 3, t0()).await;
     let pending: Vec<String> = store.events_to_fan_out(10).await.unwrap().into_iter().map(|e| e.id).collect();
@@ -95,7 +95,7 @@ pub async fn a_due_delivery_is_leased_to_one_owner_until_the_lease_expires(store
     store.create_subscription(&sub).await.unwrap();
     let e = write_customer(store, 4, t0()).await;
     let d = delivery(&sub.id, &e, t0() + Duration::minutes(1));
-    store.fan_out(vec![d.clone()], &[e.clone()]).await.unwrap();
+    store.fan_out(vec![d.clone()], std::slice::from_ref(&e)).await.unwrap();
     // Not due yet.
     assert!(store.claim_due_deliveries(t0(), t0() + Duration::minutes(2), "a", 10).await.unwrap().is_empty());
     let now = t0() + Duration::minutes(1);

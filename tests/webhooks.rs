@@ -603,7 +603,7 @@ fn free_port() -> u16 {
 
 async fn start_binary(dir: &std::path::Path, dispatch_ms: u64) -> Proc {
     let port = free_port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_customer360"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_customer360"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATA_DIR", dir)
@@ -625,6 +625,8 @@ async fn start_binary(dir: &std::path::Path, dispatch_ms: u64) -> Proc {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the binary did not start");
 }
 
