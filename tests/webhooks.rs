@@ -33,11 +33,13 @@ impl Received {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Reply {
     Status(u16),
     /// Answer only after this long (longer than the delivery timeout).
     Hang(Duration),
+    /// 307 to another URL.
+    Redirect(&'static str),
 }
 
 /// A webhook receiver: records every request and answers from a script (200 when it runs out).
@@ -60,15 +62,19 @@ impl Receiver {
                 let (g, s, d) = (g.clone(), s.clone(), d.clone());
                 async move {
                     g.lock().push(Received { headers, body });
-                    let reply = s.lock().pop_front().unwrap_or(*d.lock());
+                    let reply = s.lock().pop_front().unwrap_or_else(|| d.lock().clone());
+                    let mut r = http::Response::new(bytes::Bytes::from_static(b"ok"));
                     let status = match reply {
                         Reply::Status(c) => c,
                         Reply::Hang(t) => {
                             tokio::time::sleep(t).await;
                             200
                         }
+                        Reply::Redirect(to) => {
+                            r.headers_mut().insert("location", http::HeaderValue::from_static(to));
+                            307
+                        }
                     };
-                    let mut r = http::Response::new(bytes::Bytes::from_static(b"ok"));
                     *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
                     r
                 }
@@ -443,6 +449,22 @@ async fn two_dispatchers_never_send_the_same_attempt() {
     pairs.sort();
     pairs.dedup();
     assert_eq!(pairs.len(), 12);
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let svc = Service::start(Opts::default()).await;
+    let rx = Receiver::start().await;
+    let elsewhere = Receiver::start().await;
+    let to: &'static str = Box::leak(elsewhere.url.clone().into_boxed_str());
+    rx.then(Reply::Redirect(to));
+    let (hook, _) = svc.subscribe(&rx.url, &["customer.created"]).await;
+    svc.create_customer("Rui", "rui@example.com").await;
+    let r = svc.dispatch().await;
+    assert_eq!((r.attempted, r.retrying), (1, 1));
+    assert_eq!(elsewhere.count(), 0, "the redirect was not followed");
+    let log = svc.deliveries(&hook).await;
+    assert_eq!((log[0]["status"].as_str(), log[0]["lastStatusCode"].as_u64()), (Some("pending"), Some(307)));
 }
 
 #[tokio::test]

@@ -179,6 +179,24 @@ mod tests {
         assert!(refusal("169.254.169.254".parse().unwrap(), true).is_some());
     }
 
+    /// The delivery client checks names itself, on the addresses it then connects to.
+    #[tokio::test]
+    async fn the_delivery_client_will_not_connect_to_a_name_that_resolves_to_loopback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut s, _)) = listener.accept().await {
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n").await;
+            }
+        });
+        let url = format!("http://localhost:{port}/");
+        let refused = client(false).unwrap().post(&url).send().await;
+        assert!(refused.is_err(), "a loopback name must be refused");
+        let allowed = client(true).unwrap().post(&url).send().await.unwrap();
+        assert_eq!(allowed.status().as_u16(), 204);
+    }
+
     #[tokio::test]
     async fn urls_must_be_https_and_public() {
         assert!(check_url("http://example.com/hook", false).await.is_err());
