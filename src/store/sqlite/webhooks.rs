@@ -229,6 +229,22 @@ impl WebhookStore for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<WebhookDelivery>> {
         let owner = owner.to_string();
+        // Most passes find nothing due: ask a reader first and leave the writer alone.
+        let any_due = self
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?1
+                       AND (lease_until IS NULL OR lease_until <= ?1) LIMIT 1",
+                )?
+                .query_row([micros(now)], |_| Ok(()))
+                .optional()
+                .map_err(StoreError::from)
+            })
+            .await?
+            .is_some();
+        if !any_due {
+            return Ok(Vec::new());
+        }
         self.write(move |conn| {
             // One statement on the single writer: a delivery is leased to one owner at a time.
             let sql = format!(
