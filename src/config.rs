@@ -58,6 +58,10 @@ pub struct Config {
     /// How long a client's revocation may take to reach token validation.
     pub client_cache_ttl: Duration,
     pub webhook_allow_loopback: bool,
+    /// How often the standalone dispatcher sends due webhooks; zero turns it off.
+    pub webhook_dispatch_interval: Duration,
+    /// How long one webhook attempt may take.
+    pub webhook_timeout: Duration,
     pub connector_base_url: Option<String>,
     pub sync_max_delivery_count: u32,
     pub incremental_sync_interval: Duration,
@@ -159,6 +163,8 @@ impl Config {
             secrets_refresh: Duration::from_secs(parse("SECRETS_REFRESH_SECONDS", 300u64, &mut p).max(1)),
             client_cache_ttl: Duration::from_secs(parse("CLIENT_CACHE_SECONDS", 30u64, &mut p)),
             webhook_allow_loopback: parse("WEBHOOK_ALLOW_LOOPBACK", false, &mut p),
+            webhook_dispatch_interval: Duration::from_millis(parse("WEBHOOK_DISPATCH_INTERVAL_MS", 1000u64, &mut p)),
+            webhook_timeout: Duration::from_millis(parse("WEBHOOK_TIMEOUT_MS", 10_000u64, &mut p).clamp(100, 10_000)),
             connector_base_url: var("CONNECTOR_BASE_URL"),
             sync_max_delivery_count: parse("SYNC_MAX_DELIVERY_COUNT", 10u32, &mut p).max(1),
             incremental_sync_interval: Duration::from_secs(parse("INCREMENTAL_SYNC_INTERVAL_SECONDS", 900u64, &mut p).max(1)),

@@ -12,6 +12,7 @@ pub mod ratelimit;
 pub mod secrets;
 pub mod seed;
 pub mod store;
+pub mod webhooks;
 
 use clock::SharedClock;
 use config::{Config, StoreKind};
@@ -117,9 +118,14 @@ pub async fn serve(
             }
         })
     };
+    // Under Functions the WebhookDispatch timer sends webhooks instead.
+    let dispatcher = if app.config.functions_mode { None } else { webhooks::spawn_dispatcher(app.clone()) };
     warp::serve(api::routes(app.clone())).incoming(listener).graceful(shutdown).run().await;
     refresh.abort();
     sweeper.abort();
+    if let Some(d) = dispatcher {
+        d.abort();
+    }
     app.store.close().await;
 }
 

@@ -17,6 +17,7 @@ pub mod customers;
 pub mod health;
 pub mod insights;
 pub mod token;
+pub mod webhooks;
 
 pub type Resp = http::Response<Bytes>;
 
@@ -366,6 +367,7 @@ async fn dispatch(app: &App, req: &mut Req, rate: &mut Option<crate::ratelimit::
         ["api", "customers", rest @ ..] => customers::handle(app, req, rest).await,
         ["api", "insights"] => insights::handle(app, req).await,
         ["api", "openapi.json"] => openapi(req),
+        ["api", "webhooks", rest @ ..] => webhooks::handle(app, req, rest).await,
         _ => Err(ApiError::not_found("Route")),
     }
 }

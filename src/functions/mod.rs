@@ -8,7 +8,7 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 /// Function names with a handler here; each has a folder under `functions/`.
-pub const TRIGGERS: &[&str] = &[];
+pub const TRIGGERS: &[&str] = &["WebhookDispatch"];
 
 pub fn is_trigger(name: &str) -> bool {
     TRIGGERS.contains(&name)
@@ -55,8 +55,10 @@ pub async fn invoke(app: &App, req: &Req, name: &str) -> Result<Resp> {
         return Err(crate::api::method_not_allowed("POST"));
     }
     let _inv = parse_invocation(req)?;
-    let _ = app;
-    Err(ApiError::not_found(name))
+    match name {
+        "WebhookDispatch" => crate::webhooks::invoke_dispatch(app).await,
+        _ => Err(ApiError::not_found(name)),
+    }
 }
 
 #[cfg(test)]

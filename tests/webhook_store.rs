@@ -1,0 +1,154 @@
+//! The `WebhookStore` port's contract, run here against SQLite. Each check takes any `Store`, so
+//! another adapter (Cosmos) can be held to the same answers by calling them with its store.
+use chrono::{DateTime, Duration, Utc};
+use customer360::api::customers::new_customer_write;
+use customer360::domain::parse_fields;
+use customer360::store::{AttemptResult, DeliveryStatus, Store, StoreError, WebhookDelivery, WebhookSubscription};
+use serde_json::json;
+use std::sync::Arc;
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+async fn write_customer(store: &dyn Store, n: u32, at: DateTime<Utc>) -> String {
+    let fields = parse_fields(&json!({"name": format!("C{n}"), "email": format!("c{n}@example.com")}), false).unwrap();
+    let w = new_customer_write(fields.into_new_customer(customer360::ids::new_id("cstm"), at), at);
+    let event_id = w.events[0].id.clone();
+    store.write_customer(w).await.unwrap();
+    event_id
+}
+
+fn subscription(events: &[&str], at: DateTime<Utc>) -> WebhookSubscription {
+    WebhookSubscription {
+        id: customer360::ids::new_id("whk"),
+        url: "https://example.com/hook".into(),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        description: Some("d".into()),
+        created_at: at,
+    }
+}
+
+fn delivery(sub: &str, event: &str, due: DateTime<Utc>) -> WebhookDelivery {
+    WebhookDelivery {
+        id: customer360::ids::new_id("whd"),
+        subscription_id: sub.into(),
+        event_id: event.into(),
+        event_type: "customer.created".into(),
+        payload: json!({"id": event, "event": "customer.created"}),
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        retry_step: 0,
+        last_status_code: None,
+        last_error: None,
+        last_attempt_at: None,
+        next_attempt_at: Some(due),
+        delivered_at: None,
+        created_at: due,
+    }
+}
+
+fn failed_attempt(at: DateTime<Utc>, next: DateTime<Utc>) -> AttemptResult {
+    AttemptResult {
+        at,
+        status_code: Some(500),
+        error: None,
+        status: DeliveryStatus::Pending,
+        next_attempt_at: Some(next),
+    }
+}
+
+pub async fn subscriptions_are_stored_listed_and_deleted(store: &dyn Store) {
+    let a = subscription(&["customer.created"], t0());
+    let b = subscription(&["sync.failed", "sync.completed"], t0());
+    store.create_subscription(&a).await.unwrap();
+    store.create_subscription(&b).await.unwrap();
+    assert_eq!(store.get_subscription(&a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.list_subscriptions().await.unwrap(), vec![a.clone(), b.clone()]);
+    store.delete_subscription(&a.id).await.unwrap();
+    assert_eq!(store.delete_subscription(&a.id).await, Err(StoreError::NotFound));
+    assert_eq!(store.list_subscriptions().await.unwrap(), vec![b]);
+}
+
+pub async fn fan_out_is_idempotent_and_never_goes_back(store: &dyn Store) {
+    let sub = subscription(&["customer.created"], t0());
+    store.create_subscription(&sub).await.unwrap();
+    let e1 = write_customer(store, 1, t0()).await;
+    let e2 = write_customer(store, 2, t0()).await;
+    let pending: Vec<String> = store.events_to_fan_out(10).await.unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(pending, vec![e1.clone(), e2.clone()]);
+    store.fan_out(vec![delivery(&sub.id, &e1, t0()), delivery(&sub.id, &e2, t0())], &pending).await.unwrap();
+    assert!(store.events_to_fan_out(10).await.unwrap().is_empty());
+    // A second instance that read the same events before makes nothing new and moves nothing back.
+    store.fan_out(vec![delivery(&sub.id, &e1, t0())], std::slice::from_ref(&e1)).await.unwrap();
+    assert!(store.events_to_fan_out(10).await.unwrap().is_empty());
+    let e3 = write_customer(store, 3, t0()).await;
+    let pending: Vec<String> = store.events_to_fan_out(10).await.unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(pending, vec![e3]);
+    let list = store.list_deliveries(&sub.id, 10).await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].event_id, e2, "newest first");
+}
+
+pub async fn a_due_delivery_is_leased_to_one_owner_until_the_lease_expires(store: &dyn Store) {
+    let sub = subscription(&["customer.created"], t0());
+    store.create_subscription(&sub).await.unwrap();
+    let e = write_customer(store, 4, t0()).await;
+    let d = delivery(&sub.id, &e, t0() + Duration::minutes(1));
+    store.fan_out(vec![d.clone()], std::slice::from_ref(&e)).await.unwrap();
+    // Not due yet.
+    assert!(store.claim_due_deliveries(t0(), t0() + Duration::minutes(2), "a", 10).await.unwrap().is_empty());
+    let now = t0() + Duration::minutes(1);
+    let got = store.claim_due_deliveries(now, now + Duration::minutes(2), "a", 10).await.unwrap();
+    assert_eq!(got.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec![d.id.as_str()]);
+    assert!(store.claim_due_deliveries(now, now + Duration::minutes(2), "b", 10).await.unwrap().is_empty());
+    // The holder died: after the lease, another instance takes it, and the old holder's result is refused.
+    let later = now + Duration::minutes(3);
+    assert_eq!(store.claim_due_deliveries(later, later + Duration::minutes(2), "b", 10).await.unwrap().len(), 1);
+    assert!(!store.record_attempt(&d.id, "a", &failed_attempt(later, later)).await.unwrap());
+    let next = later + Duration::minutes(5);
+    assert!(store.record_attempt(&d.id, "b", &failed_attempt(later, next)).await.unwrap());
+    let stored = store.get_delivery(&sub.id, &d.id).await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.attempts, stored.retry_step), (DeliveryStatus::Pending, 1, 1));
+    assert_eq!((stored.last_status_code, stored.next_attempt_at), (Some(500), Some(next)));
+    // The lease was freed: due again at `next`.
+    assert_eq!(store.claim_due_deliveries(next, next + Duration::minutes(2), "c", 10).await.unwrap().len(), 1);
+    let done = AttemptResult { at: next, status_code: Some(204), error: None, status: DeliveryStatus::Delivered, next_attempt_at: None };
+    assert!(store.record_attempt(&d.id, "c", &done).await.unwrap());
+    let stored = store.get_delivery(&sub.id, &d.id).await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.attempts, stored.delivered_at), (DeliveryStatus::Delivered, 2, Some(next)));
+    let far = next + Duration::days(2);
+    assert!(store.claim_due_deliveries(far, far, "d", 10).await.unwrap().is_empty(), "delivered is never sent again");
+    // Redelivery: pending, due now, fresh schedule.
+    let r = store.redeliver(&sub.id, &d.id, far).await.unwrap();
+    assert_eq!((r.status, r.retry_step, r.next_attempt_at, r.attempts), (DeliveryStatus::Pending, 0, Some(far), 2));
+    assert_eq!(store.redeliver("whk_other", &d.id, far).await.unwrap_err(), StoreError::NotFound);
+    assert_eq!(store.claim_due_deliveries(far, far + Duration::minutes(2), "e", 10).await.unwrap().len(), 1);
+    // Deleting the subscription takes its deliveries with it.
+    store.delete_subscription(&sub.id).await.unwrap();
+    assert_eq!(store.get_delivery(&sub.id, &d.id).await.unwrap(), None);
+}
+
+async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = customer360::store::sqlite::SqliteStore::open(dir.path()).unwrap();
+    (store, dir)
+}
+
+#[tokio::test]
+async fn sqlite_subscriptions_are_stored_listed_and_deleted() {
+    let (s, _d) = sqlite().await;
+    subscriptions_are_stored_listed_and_deleted(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_fan_out_is_idempotent_and_never_goes_back() {
+    let (s, _d) = sqlite().await;
+    fan_out_is_idempotent_and_never_goes_back(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_due_delivery_is_leased_to_one_owner_until_the_lease_expires() {
+    let (s, _d) = sqlite().await;
+    a_due_delivery_is_leased_to_one_owner_until_the_lease_expires(s.as_ref()).await;
+}
