@@ -104,6 +104,19 @@ pub struct Auth {
     active: DashMap<String, (bool, Instant)>,
     /// Compared against when the client id is unknown, so both paths cost the same.
     dummy_hash: String,
+    /// Tokens whose signature and claims were verified, by the whole token.
+    verified: DashMap<Box<str>, Verified>,
+}
+
+/// At most this many verified tokens are remembered; past it the cache starts again.
+const MAX_VERIFIED_TOKENS: usize = 100_000;
+
+#[derive(Debug, Clone)]
+struct Verified {
+    kid: String,
+    exp: i64,
+    nbf: i64,
+    principal: Principal,
 }
 
 impl Auth {
@@ -119,6 +132,7 @@ impl Auth {
             key_propagation: cfg.secrets_refresh,
             active: DashMap::new(),
             dummy_hash: hash_secret("no such client"),
+            verified: DashMap::new(),
         }
     }
 
@@ -179,36 +193,53 @@ impl Auth {
     /// Validates a bearer token: pinned HS256, known kid, signature, iss, aud, exp, nbf, and a
     /// client that is still active.
     pub async fn validate(&self, token: &str) -> Result<Principal, TokenError> {
+        let keys = self.keys.current();
+        // A token already verified skips the signature and parsing; everything that can change
+        // (its key still enabled, its time window, its client) is checked again on every call.
+        let cached = self.verified.get(token).map(|e| e.clone());
+        let v = match cached {
+            Some(v) if keys.jwt.iter().any(|k| k.version == v.kid) => v,
+            _ => {
+                let v = self.verify_signature(token, &keys)?;
+                if self.verified.len() >= MAX_VERIFIED_TOKENS {
+                    self.verified.clear();
+                }
+                self.verified.insert(token.into(), v.clone());
+                v
+            }
+        };
+        let now = self.clock.now().timestamp();
+        if v.exp + (LEEWAY_SECONDS as i64) < now {
+            return Err(TokenError::Expired);
+        }
+        if v.nbf - (LEEWAY_SECONDS as i64) > now {
+            return Err(TokenError::Invalid);
+        }
+        if !self.client_active(&v.principal.client_id).await {
+            return Err(TokenError::Revoked);
+        }
+        Ok(v.principal)
+    }
+
+    fn verify_signature(&self, token: &str, keys: &crate::secrets::Keys) -> Result<Verified, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if header.alg != Algorithm::HS256 {
             return Err(TokenError::Invalid);
         }
         let kid = header.kid.ok_or(TokenError::Invalid)?;
-        let keys = self.keys.current();
         let key = keys.jwt.iter().find(|k| k.version == kid).ok_or(TokenError::Invalid)?;
         let mut v = Validation::new(Algorithm::HS256);
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
         v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        v.validate_nbf = true;
-        // Time is checked below against our clock, so tests can move it.
+        // Time is checked by the caller against our clock, so tests can move it.
         v.validate_exp = false;
         v.validate_nbf = false;
-        let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(key.value.expose().as_bytes()), &v)
-            .map_err(|_| TokenError::Invalid)?;
-        let c = data.claims;
-        let now = self.clock.now().timestamp();
-        if c.exp + (LEEWAY_SECONDS as i64) < now {
-            return Err(TokenError::Expired);
-        }
-        if c.nbf - (LEEWAY_SECONDS as i64) > now || c.iat - (LEEWAY_SECONDS as i64) > now {
-            return Err(TokenError::Invalid);
-        }
-        if !self.client_active(&c.sub).await {
-            return Err(TokenError::Revoked);
-        }
+        let c = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(key.value.expose().as_bytes()), &v)
+            .map_err(|_| TokenError::Invalid)?
+            .claims;
         let scopes = c.scope.split_whitespace().map(str::to_string).collect();
-        Ok(Principal { client_id: c.sub, scopes })
+        Ok(Verified { kid, exp: c.exp, nbf: c.nbf.max(c.iat), principal: Principal { client_id: c.sub, scopes } })
     }
 
     async fn client_active(&self, id: &str) -> bool {

@@ -25,7 +25,7 @@ impl ClientStore for SqliteStore {
 
     async fn get_client(&self, id: &str) -> StoreResult<Option<Client>> {
         let id = id.to_string();
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             let doc: Option<String> = conn
                 .prepare_cached("SELECT doc FROM clients WHERE id = ?1")?
                 .query_row([id], |r| r.get(0))

@@ -176,12 +176,12 @@ fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<String> {
 impl CustomerStore for SqliteStore {
     async fn get_customer(&self, id: &str) -> StoreResult<Option<Customer>> {
         let id = id.to_string();
-        self.read(move |c| get_by(c, "id", &id)).await
+        self.read_point(move |c| get_by(c, "id", &id)).await
     }
 
     async fn find_customer_by_external_id(&self, external_id: &str) -> StoreResult<Option<Customer>> {
         let key = external_id.to_lowercase();
-        self.read(move |c| get_by(c, "ext_key", &key)).await
+        self.read_point(move |c| get_by(c, "ext_key", &key)).await
     }
 
     async fn list_customers(&self, q: &ListQuery) -> StoreResult<CustomerPage> {

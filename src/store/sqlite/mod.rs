@@ -95,6 +95,24 @@ impl SqliteStore {
         self.readers.with(f).await
     }
 
+    /// A point read (one row by key, microseconds) runs right here when a connection is free:
+    /// the hop to the blocking pool would cost more than the read itself.
+    pub(crate) async fn read_point<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        if let Ok(_permit) = self.readers.permits.try_acquire() {
+            let conn = self.readers.conns.lock().pop();
+            if let Some(conn) = conn {
+                let out = f(&conn);
+                self.readers.conns.lock().push(conn);
+                return out;
+            }
+        }
+        self.read(f).await
+    }
+
     /// Runs `f` inside the writer's current transaction (in its own savepoint: an error
     /// undoes only this write) and answers once the transaction is durable.
     pub(crate) async fn write<R, F>(&self, f: F) -> StoreResult<R>
