@@ -1,7 +1,7 @@
 //! Customer, its lifecycle, and the parsing of create and merge-patch bodies.
 use super::validate;
 use crate::error::FieldError;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -286,6 +286,9 @@ fn merge_address(current: Option<&BillingAddress>, patch: &Map<String, Value>) -
 impl CustomerFields {
     /// A new customer from a create body. Defaults: Lead, score 0, no tags, no custom fields.
     pub fn into_new_customer(self, id: String, now: DateTime<Utc>) -> Customer {
+        // Times are kept to the millisecond everywhere (API, stored document, sort key), so a
+        // cursor taken from a stored customer points exactly at its row.
+        let now = now.trunc_subsecs(3);
         let mut custom = self.custom_fields.unwrap_or_default();
         custom.retain(|_, v| !v.is_null());
         let stage = self.lifecycle_stage.unwrap_or(LifecycleStage::Lead);

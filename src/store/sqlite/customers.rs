@@ -112,6 +112,7 @@ fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<String> {
     let doc = serde_json::to_string(c).map_err(internal)?;
     let ext_key = c.external_id.as_ref().map(|e| e.to_lowercase());
     let conflict = |e: rusqlite::Error| unique_violation(conn, &e, c).unwrap_or_else(|| e.into());
+    let mut old_text = None;
     let (seq, version, fts_changed) = match &w.kind {
         WriteKind::Insert => {
             conn.prepare_cached(
@@ -140,12 +141,15 @@ fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<String> {
             .map_err(conflict)?;
             let fts_changed = old.name != c.name || old.email != c.email || old.external_id != c.external_id;
             if fts_changed {
+                let old_ext = old.external_id.as_ref().map(|e| e.to_lowercase());
+                old_text = Some(super::search::Searchable::new(&old.name_key(), old.email.as_deref(), old_ext.as_deref()));
                 conn.prepare_cached("DELETE FROM customers_fts WHERE rowid = ?1")?.execute([seq])?;
             }
             (seq, version + 1, fts_changed)
         }
     };
     if fts_changed {
+        super::search::record((old_text, Some(super::search::Searchable::new(&c.name_key(), c.email.as_deref(), ext_key.as_deref()))));
         conn.prepare_cached("INSERT INTO customers_fts (rowid, name, email, external_id) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![seq, c.name, c.email, c.external_id])?;
     }
@@ -185,8 +189,17 @@ impl CustomerStore for SqliteStore {
     }
 
     async fn list_customers(&self, q: &ListQuery) -> StoreResult<CustomerPage> {
-        let q = q.clone();
-        self.read(move |conn| list(conn, &q)).await
+        let mut q = q.clone();
+        q.search = q.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
+        let hot = q.search.as_deref().and_then(|t| self.hot_count(t));
+        let term = q.search.clone();
+        let (page, counted) = self.read(move |conn| list(conn, &q, hot)).await?;
+        if let (Some(term), Some(n)) = (term, counted) {
+            if n >= super::search::HOT_THRESHOLD {
+                self.make_hot(&term);
+            }
+        }
+        Ok(page)
     }
 
     async fn write_customer(&self, w: CustomerWrite) -> StoreResult<String> {
@@ -274,7 +287,24 @@ impl CustomerStore for SqliteStore {
     }
 }
 
-fn list(conn: &Connection, q: &ListQuery) -> StoreResult<CustomerPage> {
+/// The scan predicate: a substring of the lower-cased name, e-mail or external id.
+const SCAN_MATCH: &str =
+    "(instr(c.name_key, ?) > 0 OR instr(coalesce(c.email, ''), ?) > 0 OR instr(coalesce(c.ext_key, ''), ?) > 0)";
+
+/// Exact number of customers matching `term` (lower-cased).
+pub(super) fn count_matches(conn: &Connection, term: &str) -> StoreResult<u64> {
+    if uses_fts(term) {
+        Ok(conn
+            .prepare_cached("SELECT count(*) FROM customers_fts WHERE customers_fts MATCH ?1")?
+            .query_row([fts_phrase(term)], |r| r.get(0))?)
+    } else {
+        let sql = format!("SELECT count(*) FROM customers c WHERE {SCAN_MATCH}");
+        Ok(conn.prepare_cached(&sql)?.query_row(params![term, term, term], |r| r.get(0))?)
+    }
+}
+
+/// One page, and the total when it had to be counted (None when `known_total` was given).
+fn list(conn: &Connection, q: &ListQuery, known_total: Option<u64>) -> StoreResult<(CustomerPage, Option<u64>)> {
     let (col, dir, cmp) = match (q.sort, q.order) {
         (SortField::CreatedAt, Order::Desc) => ("created_at", "DESC", "<"),
         (SortField::CreatedAt, Order::Asc) => ("created_at", "ASC", ">"),
@@ -283,23 +313,32 @@ fn list(conn: &Connection, q: &ListQuery) -> StoreResult<CustomerPage> {
     };
     let mut filters: Vec<String> = Vec::new();
     let mut args: Vec<Box<dyn ToSql>> = Vec::new();
-    let search = q.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
-    let total: u64 = match &search {
-        None => conn.prepare_cached("SELECT value FROM counters WHERE name = 'customers'")?.query_row([], |r| r.get(0))?,
-        Some(term) if uses_fts(term) => {
-            filters.push("c.seq IN (SELECT rowid FROM customers_fts WHERE customers_fts MATCH ?)".into());
-            args.push(Box::new(fts_phrase(term)));
-            conn.prepare_cached("SELECT count(*) FROM customers_fts WHERE customers_fts MATCH ?1")?
-                .query_row([fts_phrase(term)], |r| r.get(0))?
-        }
+    let all: u64 = conn.prepare_cached("SELECT value FROM counters WHERE name = 'customers'")?.query_row([], |r| r.get(0))?;
+    let mut counted = None;
+    let total = match q.search.as_deref() {
+        None => all,
         Some(term) => {
-            let f = "(instr(c.name_key, ?) > 0 OR instr(coalesce(c.email, ''), ?) > 0 OR instr(coalesce(c.ext_key, ''), ?) > 0)";
-            filters.push(f.into());
-            for _ in 0..3 {
-                args.push(Box::new(term.clone()));
+            let total = match known_total {
+                Some(n) => n,
+                None => {
+                    let n = count_matches(conn, term)?;
+                    counted = Some(n);
+                    n
+                }
+            };
+            // A common term is found quickly by walking the sort index and testing each row; a
+            // rare one by the trigram index, which hands over exactly the matching rows.
+            let dense = total.saturating_mul(200) >= all;
+            if dense || !uses_fts(term) {
+                filters.push(SCAN_MATCH.into());
+                for _ in 0..3 {
+                    args.push(Box::new(term.to_string()));
+                }
+            } else {
+                filters.push("c.seq IN (SELECT rowid FROM customers_fts WHERE customers_fts MATCH ?)".into());
+                args.push(Box::new(fts_phrase(term)));
             }
-            let sql = format!("SELECT count(*) FROM customers c WHERE {f}");
-            conn.prepare_cached(&sql)?.query_row(params![term, term, term], |r| r.get(0))?
+            total
         }
     };
     let offset = match &q.start {
@@ -328,5 +367,5 @@ fn list(conn: &Connection, q: &ListQuery) -> StoreResult<CustomerPage> {
         let (doc, version) = row?;
         items.push(row_to_customer(&doc, version)?);
     }
-    Ok(CustomerPage { items, total })
+    Ok((CustomerPage { items, total }, counted))
 }

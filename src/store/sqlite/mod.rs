@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, Semaphore};
 mod clients;
 mod customers;
 mod insights;
+mod search;
 mod webhooks;
 
 /// Each area's schema; run in order, idempotently, at open.
@@ -25,6 +26,7 @@ pub struct SqliteStore {
     readers: Arc<ReaderPool>,
     writer: Mutex<Option<mpsc::Sender<Box<dyn Job>>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    hot: Arc<search::HotCounts>,
 }
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> StoreError {
@@ -70,15 +72,18 @@ impl SqliteStore {
         }
         let readers = ReaderPool::new(&path, 4)?;
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+        let hot = Arc::new(search::HotCounts::default());
+        let writer_hot = hot.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &writer_hot))
             .map_err(internal)?;
         Ok(Arc::new(SqliteStore {
             path,
             readers: Arc::new(readers),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
+            hot,
         }))
     }
 
@@ -182,6 +187,10 @@ impl ReaderPool {
 trait Job: Send {
     /// Runs the write; false means it failed and its savepoint must be rolled back.
     fn apply(&mut self, conn: &Connection) -> bool;
+    /// Runs after the batch commits, outside any transaction (e.g. to count committed rows).
+    fn after_commit(&self) -> bool {
+        false
+    }
     /// Answers the caller once the transaction's fate is known.
     fn finish(self: Box<Self>, committed: &StoreResult<()>);
 }
@@ -214,6 +223,46 @@ impl<R: Send, F: FnOnce(&Connection) -> StoreResult<R> + Send> Job for TypedJob<
     }
 }
 
+/// Counts a search term on the writer thread between transactions and makes it hot.
+struct HotTermJob {
+    term: String,
+    hot: Arc<search::HotCounts>,
+}
+
+impl Job for HotTermJob {
+    fn apply(&mut self, conn: &Connection) -> bool {
+        if self.hot.contains(&self.term) {
+            return true;
+        }
+        match customers::count_matches(conn, &self.term) {
+            Ok(n) => {
+                self.hot.insert(std::mem::take(&mut self.term), n);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn after_commit(&self) -> bool {
+        true
+    }
+
+    fn finish(self: Box<Self>, _committed: &StoreResult<()>) {}
+}
+
+impl SqliteStore {
+    pub(crate) fn hot_count(&self, term: &str) -> Option<u64> {
+        self.hot.get(term)
+    }
+
+    /// Asks the writer to keep `term`'s count from now on (fire and forget).
+    pub(crate) fn make_hot(&self, term: &str) {
+        if let Some(sender) = self.writer.lock().as_ref() {
+            let _ = sender.send(Box::new(HotTermJob { term: term.to_string(), hot: self.hot.clone() }));
+        }
+    }
+}
+
 impl Clone for StoreError {
     fn clone(&self) -> Self {
         match self {
@@ -228,7 +277,7 @@ impl Clone for StoreError {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, hot: &search::HotCounts) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -237,12 +286,18 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
-        let committed = run_batch(&conn, &mut batch);
+        let (mut later, mut batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.after_commit());
+        let committed = if batch.is_empty() { Ok(()) } else { run_batch(&conn, &mut batch) };
+        hot.commit(committed.is_ok());
         if let Err(e) = &committed {
             tracing::error!(error = %e, writes = batch.len(), "write batch failed");
         }
         for job in batch {
             job.finish(&committed);
+        }
+        for mut job in later.drain(..) {
+            let _ = job.apply(&conn);
+            job.finish(&Ok(()));
         }
     }
     // Leave a clean WAL behind for the next start.
@@ -252,11 +307,13 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     for job in batch.iter_mut() {
+        let mark = search::pending_mark();
         let step = (|| -> rusqlite::Result<()> {
             conn.execute_batch("SAVEPOINT w")?;
             if job.apply(conn) {
                 conn.execute_batch("RELEASE w")
             } else {
+                search::rollback_to(mark);
                 conn.execute_batch("ROLLBACK TO w; RELEASE w")
             }
         })();
