@@ -8,10 +8,12 @@ pub mod domain;
 pub mod error;
 pub mod functions;
 pub mod ids;
+pub mod queue;
 pub mod ratelimit;
 pub mod secrets;
 pub mod seed;
 pub mod store;
+pub mod sync;
 
 use clock::SharedClock;
 use config::{Config, StoreKind};
@@ -28,6 +30,7 @@ pub struct App {
     pub auth: auth::Auth,
     pub limiter: ratelimit::RateLimiter,
     pub token_limiter: ratelimit::RateLimiter,
+    pub queue: Arc<dyn queue::JobQueue>,
 }
 
 impl App {
@@ -61,6 +64,7 @@ pub async fn open_secrets(config: &Config) -> Result<Arc<dyn Secrets>, String> {
 pub async fn build(config: Config, clock: SharedClock) -> Result<Arc<App>, String> {
     let store = open_store(&config).await?;
     let secrets = open_secrets(&config).await?;
+    let queue = queue::open(&config, secrets.clone()).await?;
     let keys = KeyRing::load(secrets).await.map_err(|e| format!("cannot load keys: {e}"))?;
     let auth = auth::Auth::new(store.clone(), keys.clone(), clock.clone(), &config);
     Ok(Arc::new(App {
@@ -71,6 +75,7 @@ pub async fn build(config: Config, clock: SharedClock) -> Result<Arc<App>, Strin
         clock,
         keys,
         auth,
+        queue,
     }))
 }
 
@@ -117,7 +122,9 @@ pub async fn serve(
             }
         })
     };
+    let sync_tasks = sync::start(app.clone());
     warp::serve(api::routes(app.clone())).incoming(listener).graceful(shutdown).run().await;
+    sync_tasks.iter().for_each(|t| t.abort());
     refresh.abort();
     sweeper.abort();
     app.store.close().await;

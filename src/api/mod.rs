@@ -16,6 +16,8 @@ use warp::{Buf, Filter};
 pub mod customers;
 pub mod health;
 pub mod insights;
+pub mod opportunities;
+pub mod sync;
 pub mod token;
 
 pub type Resp = http::Response<Bytes>;
@@ -365,6 +367,8 @@ async fn dispatch(app: &App, req: &mut Req, rate: &mut Option<crate::ratelimit::
         ["api", ".well-known", "oauth-authorization-server"] => token::metadata(app, req),
         ["api", "customers", rest @ ..] => customers::handle(app, req, rest).await,
         ["api", "insights"] => insights::handle(app, req).await,
+        ["api", "sync", rest @ ..] => sync::handle(app, req, rest).await,
+        ["api", "opportunities"] => opportunities::handle(app, req).await,
         _ => Err(ApiError::not_found("Route")),
     }
 }

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod sqlite;
+pub mod sync;
+
+pub use sync::*;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StoreError {
@@ -180,5 +183,5 @@ pub trait Health: Send + Sync {
 }
 
 /// Everything the service needs from storage.
-pub trait Store: CustomerStore + ClientStore + InsightStore + Health + 'static {}
-impl<T: CustomerStore + ClientStore + InsightStore + Health + 'static> Store for T {}
+pub trait Store: CustomerStore + ClientStore + InsightStore + SyncStore + Health + 'static {}
+impl<T: CustomerStore + ClientStore + InsightStore + SyncStore + Health + 'static> Store for T {}

@@ -12,9 +12,10 @@ use tokio::sync::{oneshot, Semaphore};
 mod clients;
 mod customers;
 mod insights;
+mod sync;
 
 /// Each area's schema; run in order, idempotently, at open.
-const SCHEMA: &[&str] = &[customers::SCHEMA, clients::SCHEMA, insights::SCHEMA];
+const SCHEMA: &[&str] = &[customers::SCHEMA, clients::SCHEMA, insights::SCHEMA, sync::SCHEMA];
 
 /// Writes grouped into one transaction at most.
 const MAX_BATCH: usize = 512;

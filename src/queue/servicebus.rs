@@ -1,0 +1,81 @@
+//! Azure Service Bus: one message per job, `MessageId` = jobId so the queue's duplicate
+//! detection drops a second send of the same job. Sent with `azure_messaging_servicebus`
+//! (REST, SAS auth) using a send-only policy whose key comes from the Secrets port.
+use super::{JobQueue, QueueError};
+use crate::config::ServiceBusConfig;
+use crate::secrets::{SecretString, Secrets, SERVICEBUS_SEND_KEY};
+use async_trait::async_trait;
+use azure_messaging_servicebus::service_bus::{QueueClient, SendMessageOptions, SettableBrokerProperties};
+use parking_lot::RwLock;
+use std::sync::Arc;
+
+pub struct ServiceBusQueue {
+    http: Arc<dyn azure_core_legacy::HttpClient>,
+    config: ServiceBusConfig,
+    secrets: Arc<dyn Secrets>,
+    client: RwLock<QueueClient>,
+}
+
+async fn send_key(secrets: &Arc<dyn Secrets>) -> Result<SecretString, QueueError> {
+    let versions = secrets
+        .versions(SERVICEBUS_SEND_KEY)
+        .await
+        .map_err(|e| QueueError::Unavailable(format!("cannot read {SERVICEBUS_SEND_KEY}: {e}")))?;
+    versions
+        .into_iter()
+        .next()
+        .map(|v| v.value)
+        .ok_or_else(|| QueueError::Unavailable(format!("{SERVICEBUS_SEND_KEY} has no enabled version")))
+}
+
+fn client(http: &Arc<dyn azure_core_legacy::HttpClient>, c: &ServiceBusConfig, key: &SecretString) -> Result<QueueClient, QueueError> {
+    QueueClient::new(http.clone(), c.namespace.clone(), c.queue.clone(), c.send_policy.clone(), key.expose().to_string())
+        .map_err(|e| QueueError::Unavailable(e.to_string()))
+}
+
+impl ServiceBusQueue {
+    /// Reads the send key once; it is read again when Service Bus refuses it (rotation).
+    pub async fn open(
+        http: Arc<dyn azure_core_legacy::HttpClient>,
+        config: &ServiceBusConfig,
+        secrets: Arc<dyn Secrets>,
+    ) -> Result<ServiceBusQueue, QueueError> {
+        let key = send_key(&secrets).await?;
+        let client = client(&http, config, &key)?;
+        Ok(ServiceBusQueue { http, config: config.clone(), secrets, client: RwLock::new(client) })
+    }
+
+    async fn send(&self, job_id: &str) -> azure_core_legacy::Result<()> {
+        let body = serde_json::json!({ "jobId": job_id }).to_string();
+        let options = SendMessageOptions {
+            content_type: Some("application/json".into()),
+            broker_properties: Some(SettableBrokerProperties { message_id: Some(job_id.to_string()), ..Default::default() }),
+            custom_properties: None,
+        };
+        let client = self.client.read().clone();
+        client.send_message(&body, Some(options)).await
+    }
+}
+
+#[async_trait]
+impl JobQueue for ServiceBusQueue {
+    async fn enqueue(&self, job_id: &str) -> Result<(), QueueError> {
+        match self.send(job_id).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let refused = matches!(
+                    e.kind(),
+                    azure_core_legacy::error::ErrorKind::HttpResponse { status, .. }
+                        if matches!(u16::from(*status), 401 | 403)
+                );
+                if !refused {
+                    return Err(QueueError::Unavailable(e.to_string()));
+                }
+                // The key may have been rotated: read it again and retry once.
+                let key = send_key(&self.secrets).await?;
+                *self.client.write() = client(&self.http, &self.config, &key)?;
+                self.send(job_id).await.map_err(|e| QueueError::Unavailable(e.to_string()))
+            }
+        }
+    }
+}

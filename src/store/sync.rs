@@ -1,0 +1,284 @@
+//! The storage port for sync: jobs (with a lease so one worker runs a job at a time, and one
+//! job per entity runs at a time), the incremental watermark per entity, and opportunities.
+use super::{CustomerWrite, IdempotencyRecord, StoreResult};
+use crate::domain::rfc3339;
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncEntity {
+    Customers,
+    Opportunities,
+}
+
+impl SyncEntity {
+    pub const ALL: [SyncEntity; 2] = [SyncEntity::Customers, SyncEntity::Opportunities];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncEntity::Customers => "customers",
+            SyncEntity::Opportunities => "opportunities",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SyncEntity> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Full,
+    Incremental,
+}
+
+impl SyncMode {
+    pub fn parse(s: &str) -> Option<SyncMode> {
+        match s {
+            "full" => Some(SyncMode::Full),
+            "incremental" => Some(SyncMode::Incremental),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed)
+    }
+}
+
+/// One record the job could not apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncItemError {
+    pub external_id: Option<String>,
+    pub code: String,
+    pub message: String,
+}
+
+/// At most this many item errors are kept on a job; the rest are only counted.
+pub const MAX_JOB_ERRORS: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncJob {
+    /// `sync_` + ULID.
+    pub id: String,
+    pub entity: SyncEntity,
+    pub mode: SyncMode,
+    /// Items updated at or after this instant (incremental); None = everything.
+    pub since: Option<DateTime<Utc>>,
+    pub status: JobStatus,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub processed: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub skipped: u64,
+    pub errors: Vec<SyncItemError>,
+    /// Item errors beyond `MAX_JOB_ERRORS`.
+    pub errors_dropped: u64,
+    /// Why the job failed, when it did.
+    pub reason: Option<String>,
+    /// The connector cursor of the next page to fetch (checkpointed after each page).
+    pub cursor: Option<String>,
+    /// Pages done so far (a resumed job continues from `cursor`).
+    pub pages: u64,
+    /// The newest `updatedAt` seen: the entity's watermark once the job completes.
+    pub high_water: Option<DateTime<Utc>>,
+}
+
+fn ts(t: &Option<DateTime<Utc>>) -> Value {
+    t.map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true))).unwrap_or(Value::Null)
+}
+
+impl SyncJob {
+    pub fn new(id: String, entity: SyncEntity, mode: SyncMode, since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> SyncJob {
+        SyncJob {
+            id,
+            entity,
+            mode,
+            since,
+            status: JobStatus::Queued,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            processed: 0,
+            created: 0,
+            updated: 0,
+            skipped: 0,
+            errors: Vec::new(),
+            errors_dropped: 0,
+            reason: None,
+            cursor: None,
+            pages: 0,
+            high_water: None,
+        }
+    }
+
+    /// Records an item error, keeping at most `MAX_JOB_ERRORS`.
+    pub fn push_error(&mut self, e: SyncItemError) {
+        if self.errors.len() < MAX_JOB_ERRORS {
+            self.errors.push(e);
+        } else {
+            self.errors_dropped += 1;
+        }
+    }
+
+    /// The API representation (`GET /api/sync/{jobId}`).
+    pub fn to_api(&self) -> Value {
+        json!({
+            "jobId": self.id,
+            "entity": self.entity,
+            "mode": self.mode,
+            "since": ts(&self.since),
+            "status": self.status,
+            "createdAt": ts(&Some(self.created_at)),
+            "startedAt": ts(&self.started_at),
+            "finishedAt": ts(&self.finished_at),
+            "processed": self.processed,
+            "created": self.created,
+            "updated": self.updated,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "errorsNotShown": self.errors_dropped,
+            "reason": self.reason,
+        })
+    }
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The caller holds the lease and runs the job (status is now running).
+    Claimed(SyncJob),
+    /// Already completed or failed: nothing to do (a redelivery).
+    Finished(SyncJob),
+    /// Another worker holds this job, or another job of the same entity is running.
+    Busy(String),
+    NotFound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpportunityStage {
+    Open,
+    Won,
+    Lost,
+}
+
+impl OpportunityStage {
+    pub fn parse(s: &str) -> Option<OpportunityStage> {
+        match s {
+            "Open" => Some(OpportunityStage::Open),
+            "Won" => Some(OpportunityStage::Won),
+            "Lost" => Some(OpportunityStage::Lost),
+            _ => None,
+        }
+    }
+}
+
+/// A sales opportunity synced from the source CRM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Opportunity {
+    /// `opp_` + ULID.
+    pub id: String,
+    pub external_id: String,
+    pub customer_id: String,
+    pub customer_external_id: String,
+    pub name: String,
+    /// Kept as the source's JSON number (no float rounding of money).
+    pub amount: serde_json::Number,
+    pub currency: String,
+    pub stage: OpportunityStage,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Opportunity {
+    pub fn to_api(&self) -> Value {
+        json!({
+            "id": self.id,
+            "externalId": self.external_id,
+            "customerId": self.customer_id,
+            "customerExternalId": self.customer_external_id,
+            "name": self.name,
+            "amount": self.amount,
+            "currency": self.currency,
+            "stage": self.stage,
+            "createdAt": ts(&Some(self.created_at)),
+            "closedAt": ts(&self.closed_at),
+            "updatedAt": ts(&Some(self.updated_at)),
+        })
+    }
+}
+
+/// An opportunity upsert and the customer change it causes, stored atomically.
+#[derive(Debug, Clone)]
+pub struct OpportunityWrite {
+    pub opportunity: Opportunity,
+    pub customer: Option<CustomerWrite>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpportunityQuery {
+    pub customer_external_id: Option<String>,
+    pub offset: u64,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait SyncStore: Send + Sync {
+    /// Stores a new queued job, with the idempotency record of the request that made it.
+    /// Conflict { field: "idempotencyKey" } when the key was taken meanwhile.
+    async fn insert_sync_job(&self, job: &SyncJob, idempotency: Option<IdempotencyRecord>) -> StoreResult<()>;
+    async fn get_sync_job(&self, id: &str) -> StoreResult<Option<SyncJob>>;
+    /// Newest first, with the total count.
+    async fn list_sync_jobs(&self, offset: u64, limit: u32) -> StoreResult<(Vec<SyncJob>, u64)>;
+    /// Queued or running jobs, oldest first (restart pick-up, scheduler).
+    async fn unfinished_sync_jobs(&self) -> StoreResult<Vec<SyncJob>>;
+    /// Takes the job's lease until `lease_until`: allowed when it is queued, or running with
+    /// an expired lease or a lease held by `owner`, and no other job of its entity is running
+    /// under a live lease. Marks it running (startedAt on the first claim).
+    async fn claim_sync_job(&self, id: &str, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> StoreResult<Claim>;
+    /// Saves the job while `owner` holds its lease: renews the lease to `lease_until`, or
+    /// releases it (None, or a finished job). A completed job moves its entity's watermark to
+    /// `high_water` in the same write. PreconditionFailed when the lease was lost.
+    async fn save_sync_job(&self, job: &SyncJob, owner: &str, lease_until: Option<DateTime<Utc>>) -> StoreResult<()>;
+    /// Marks an unfinished job failed whoever holds it (the last delivery gives up).
+    async fn fail_sync_job(&self, id: &str, reason: &str, now: DateTime<Utc>) -> StoreResult<Option<SyncJob>>;
+    /// The `updatedAt` up to which the entity is known to be in sync.
+    async fn sync_watermark(&self, entity: SyncEntity) -> StoreResult<Option<DateTime<Utc>>>;
+
+    async fn find_opportunity_by_external_id(&self, external_id: &str) -> StoreResult<Option<Opportunity>>;
+    /// Upserts the opportunity (by externalId) and applies its customer write, atomically.
+    async fn write_opportunity(&self, w: OpportunityWrite) -> StoreResult<()>;
+    async fn list_opportunities(&self, q: &OpportunityQuery) -> StoreResult<(Vec<Opportunity>, u64)>;
+}
