@@ -427,6 +427,58 @@ async fn opportunities_from_the_sample_files_are_stored_listed_and_move_the_life
     // Doing it again changes nothing.
     let again = api.finished(&api.queue(json!({"entity": "opportunities", "mode": "full"})).await).await;
     assert_eq!((again["created"].as_u64(), again["updated"].as_u64(), again["skipped"].as_u64()), (Some(0), Some(0), Some(3)));
+
+    // The outbox holds the same events as API changes (webhooks), at the source's times.
+    drop(api);
+    use customer360::store::CustomerStore;
+    let store = customer360::store::sqlite::SqliteStore::open(dir.path()).unwrap();
+    let events = store.outbox_events(None, 100).await.unwrap();
+    let seen: Vec<(String, String)> =
+        events.iter().map(|e| (e.event_type.clone(), e.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))).collect();
+    assert_eq!(
+        seen,
+        [
+            ("customer.created", "2025-09-01T12:00:00Z"),
+            ("customer.created", "2025-09-03T09:30:00Z"),
+            ("customer.created", "2025-09-05T15:45:00Z"),
+            ("customer.created", "2025-09-10T08:00:00Z"),
+            ("customer.updated", "2025-09-15T14:00:00Z"),
+            ("customer.updated", "2025-09-20T17:00:00Z"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    assert_eq!(events[5].payload["data"]["changes"]["lifecycleStage"], json!({"from": "Lead", "to": "Customer"}));
+}
+
+#[tokio::test]
+async fn the_standalone_schedule_queues_incremental_jobs_one_per_entity_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("samples");
+    let mut env = connector_env(&format!("file://{}", samples.display()));
+    env.push(("INCREMENTAL_SYNC_INTERVAL_SECONDS", "1".into()));
+    let api = start_api(dir.path(), &env).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let jobs = loop {
+        let (_, list) = api.get("/api/sync?pageSize=200").await;
+        let jobs = list["data"].as_array().unwrap().clone();
+        if jobs.len() >= 4 && jobs.iter().all(|j| j["status"] == "completed") {
+            break jobs;
+        }
+        assert!(Instant::now() < deadline, "the schedule did not run twice: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(jobs.iter().all(|j| j["mode"] == "incremental"));
+    for entity in ["customers", "opportunities"] {
+        assert!(jobs.iter().filter(|j| j["entity"] == entity).count() >= 2, "{entity}");
+    }
+    // The first opportunities job waited for the customers job queued before it.
+    let first_opps = jobs.iter().rev().find(|j| j["entity"] == "opportunities").unwrap();
+    assert_eq!(first_opps["created"], 3, "{first_opps}");
+    // Later runs continue from the watermark, so they find nothing new.
+    let last_customers = jobs.iter().find(|j| j["entity"] == "customers").unwrap();
+    assert_eq!(last_customers["since"], "2025-09-10T08:00:00.000Z", "{last_customers}");
+    assert_eq!(last_customers["created"], 0);
+    assert_eq!(api.get("/api/customers?pageSize=1").await.1["total"], 4);
 }
 
 #[tokio::test]

@@ -66,6 +66,7 @@ async fn get(app: &App, req: &Req, id: &str) -> Result<Resp> {
 }
 
 /// A valid `POST /api/sync` body.
+#[derive(Debug)]
 struct SyncRequest {
     entity: SyncEntity,
     mode: SyncMode,

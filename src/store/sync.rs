@@ -266,7 +266,8 @@ pub trait SyncStore: Send + Sync {
     async fn unfinished_sync_jobs(&self) -> StoreResult<Vec<SyncJob>>;
     /// Takes the job's lease until `lease_until`: allowed when it is queued, or running with
     /// an expired lease or a lease held by `owner`, and no other job of its entity is running
-    /// under a live lease. Marks it running (startedAt on the first claim).
+    /// under a live lease; an opportunities job also waits while an older customers job is
+    /// queued or running. Marks it running (startedAt on the first claim).
     async fn claim_sync_job(&self, id: &str, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> StoreResult<Claim>;
     /// Saves the job while `owner` holds its lease: renews the lease to `lease_until`, or
     /// releases it (None, or a finished job). A completed job moves its entity's watermark to

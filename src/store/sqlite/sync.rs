@@ -10,13 +10,14 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sync_jobs (
-  id TEXT PRIMARY KEY,
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
   entity TEXT NOT NULL,
   status TEXT NOT NULL,
   lease_owner TEXT,
   lease_until INTEGER,
   doc TEXT NOT NULL
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS sync_jobs_by_status ON sync_jobs(status, entity);
 CREATE TABLE IF NOT EXISTS sync_watermarks (
   entity TEXT PRIMARY KEY,
@@ -69,6 +70,19 @@ fn claim(conn: &Connection, id: &str, owner: &str, now: DateTime<Utc>, until: Da
         .optional()?;
     if let Some(other) = other {
         return Ok(Claim::Busy(format!("job {other} is already running for {}", job.entity.as_str())));
+    }
+    if job.entity == SyncEntity::Opportunities {
+        // Opportunities need their customers: wait for an older customers job to finish.
+        let older: Option<String> = conn
+            .prepare_cached(
+                "SELECT id FROM sync_jobs WHERE entity = 'customers' AND status IN ('queued', 'running')
+                 AND seq < (SELECT seq FROM sync_jobs WHERE id = ?1) LIMIT 1",
+            )?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        if let Some(older) = older {
+            return Ok(Claim::Busy(format!("customers job {older} goes first")));
+        }
     }
     job.status = JobStatus::Running;
     job.started_at.get_or_insert(now);
@@ -169,7 +183,7 @@ impl SyncStore for SqliteStore {
             let total: u64 = conn.query_row("SELECT count(*) FROM sync_jobs", [], |r| r.get(0))?;
             let items = jobs(
                 conn,
-                "SELECT doc FROM sync_jobs ORDER BY id DESC LIMIT ?1 OFFSET ?2",
+                "SELECT doc FROM sync_jobs ORDER BY seq DESC LIMIT ?1 OFFSET ?2",
                 params![limit, offset.min(i64::MAX as u64) as i64],
             )?;
             Ok((items, total))
@@ -178,7 +192,7 @@ impl SyncStore for SqliteStore {
     }
 
     async fn unfinished_sync_jobs(&self) -> StoreResult<Vec<SyncJob>> {
-        self.read(|conn| jobs(conn, "SELECT doc FROM sync_jobs WHERE status IN ('queued', 'running') ORDER BY id", []))
+        self.read(|conn| jobs(conn, "SELECT doc FROM sync_jobs WHERE status IN ('queued', 'running') ORDER BY seq", []))
             .await
     }
 
@@ -237,5 +251,58 @@ impl SyncStore for SqliteStore {
     async fn list_opportunities(&self, q: &OpportunityQuery) -> StoreResult<(Vec<Opportunity>, u64)> {
         let q = q.clone();
         self.read(move |conn| list_opportunities(conn, &q)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SyncMode;
+    use chrono::Duration;
+
+    fn job(entity: SyncEntity) -> SyncJob {
+        SyncJob::new(crate::ids::new_id("sync"), entity, SyncMode::Full, None, Utc::now())
+    }
+
+    #[tokio::test]
+    async fn one_worker_per_job_and_one_running_job_per_entity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let now = Utc::now();
+        let lease = now + Duration::seconds(60);
+        let other = job(SyncEntity::Opportunities);
+        let (a, b) = (job(SyncEntity::Customers), job(SyncEntity::Customers));
+        let after = job(SyncEntity::Opportunities);
+        for j in [&other, &a, &b, &after] {
+            store.insert_sync_job(j, None).await.unwrap();
+        }
+        let Claim::Claimed(mut held) = store.claim_sync_job(&a.id, "w1", now, lease).await.unwrap() else { panic!() };
+        assert_eq!(held.status, JobStatus::Running);
+        assert!(matches!(store.claim_sync_job(&a.id, "w2", now, lease).await.unwrap(), Claim::Busy(_)));
+        assert!(matches!(store.claim_sync_job(&b.id, "w2", now, lease).await.unwrap(), Claim::Busy(_)));
+        assert!(matches!(store.claim_sync_job(&other.id, "w2", now, lease).await.unwrap(), Claim::Claimed(_)));
+        // Opportunities queued after customers wait for them.
+        assert!(matches!(store.claim_sync_job(&after.id, "w5", now, lease).await.unwrap(), Claim::Busy(_)));
+
+        // The lease expires: another worker takes the job over, and the first one's saves fail.
+        let later = now + Duration::seconds(61);
+        assert!(matches!(store.claim_sync_job(&a.id, "w3", later, later + Duration::seconds(60)).await.unwrap(), Claim::Claimed(_)));
+        held.processed = 7;
+        assert_eq!(store.save_sync_job(&held, "w1", Some(lease)).await, Err(StoreError::PreconditionFailed));
+
+        let mut done = held.clone();
+        done.status = JobStatus::Completed;
+        done.high_water = Some(now - Duration::days(1));
+        store.save_sync_job(&done, "w3", None).await.unwrap();
+        assert_eq!(store.sync_watermark(SyncEntity::Customers).await.unwrap(), done.high_water.map(|t| from_micros(micros(t))));
+        assert!(matches!(store.claim_sync_job(&a.id, "w4", later, later).await.unwrap(), Claim::Finished(_)));
+        // A failed job leaves the watermark alone.
+        let Claim::Claimed(mut fb) = store.claim_sync_job(&b.id, "w4", later, later + Duration::seconds(60)).await.unwrap() else { panic!() };
+        fb.status = JobStatus::Failed;
+        fb.high_water = Some(now);
+        store.save_sync_job(&fb, "w4", None).await.unwrap();
+        assert_eq!(store.sync_watermark(SyncEntity::Customers).await.unwrap(), done.high_water.map(|t| from_micros(micros(t))));
+        assert_eq!(store.unfinished_sync_jobs().await.unwrap().len(), 2);
+        assert!(matches!(store.claim_sync_job(&after.id, "w5", later, later + Duration::seconds(60)).await.unwrap(), Claim::Claimed(_)));
     }
 }
