@@ -619,6 +619,8 @@ async fn the_functions_sync_worker_runs_jobs_idempotently_and_fails_them_on_the_
 #[derive(Debug, Default)]
 struct Recorder {
     sent: Mutex<Vec<(String, String, HashMap<String, String>, String)>>,
+    /// Answers to give, in order; 201 Created when empty.
+    answers: Mutex<VecDeque<azure_core_legacy::StatusCode>>,
 }
 
 #[async_trait::async_trait]
@@ -631,17 +633,35 @@ impl azure_core_legacy::HttpClient for Recorder {
         };
         self.sent.lock().unwrap().push((format!("{:?}", req.method()), req.url().to_string(), headers, body));
         let stream = futures::stream::once(async { Ok(bytes::Bytes::new()) });
-        Ok(azure_core_legacy::Response::new(azure_core_legacy::StatusCode::Created, azure_core_legacy::headers::Headers::new(), Box::pin(stream)))
+        let status = self.answers.lock().unwrap().pop_front().unwrap_or(azure_core_legacy::StatusCode::Created);
+        Ok(azure_core_legacy::Response::new(status, azure_core_legacy::headers::Headers::new(), Box::pin(stream)))
     }
+}
+
+/// Checks `SharedAccessSignature sr=<url-encoded resource>&sig=<url-encoded base64 HMAC>&se=<expiry>&skn=<policy>`.
+fn assert_sas(header: &str, resource: &str, policy: &str, key: &[u8]) {
+    use base64::Engine;
+    use hmac::Mac;
+    let auth = header.strip_prefix("SharedAccessSignature ").unwrap();
+    let parts: HashMap<String, String> = serde_urlencoded::from_str(auth).unwrap();
+    assert_eq!(parts["skn"], policy);
+    assert_eq!(parts["sr"], resource);
+    let se: i64 = parts["se"].parse().unwrap();
+    assert!(se > chrono::Utc::now().timestamp());
+    let sr_encoded: String = url::form_urlencoded::byte_serialize(resource.as_bytes()).collect();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(format!("{sr_encoded}\n{se}").as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(parts["sig"], expected, "signed with the send key from the Secrets port");
 }
 
 #[tokio::test]
 async fn the_service_bus_queue_sends_one_message_per_job_with_its_id_and_a_sas_signature() {
     use customer360::queue::JobQueue;
-    use hmac::Mac;
     let dir = tempfile::tempdir().unwrap();
     put_secret(dir.path(), "servicebus-send-key", "c2VuZC1rZXktZm9yLXRlc3Rz");
-    let secrets: Arc<dyn customer360::secrets::Secrets> = Arc::new(customer360::secrets::local::LocalSecrets::open(dir.path()).unwrap());
+    let local = Arc::new(customer360::secrets::local::LocalSecrets::open(dir.path()).unwrap());
+    let secrets: Arc<dyn customer360::secrets::Secrets> = local.clone();
     let recorder = Arc::new(Recorder::default());
     let cfg = customer360::config::ServiceBusConfig { namespace: "c360-test".into(), queue: "sync-jobs".into(), send_policy: "sync-send".into() };
     let q = customer360::queue::servicebus::ServiceBusQueue::open(recorder.clone(), &cfg, secrets).await.unwrap();
@@ -656,18 +676,22 @@ async fn the_service_bus_queue_sends_one_message_per_job_with_its_id_and_a_sas_s
     assert_eq!(broker["MessageId"], "sync_01HZ7G0000000000000000000A");
     assert_eq!(serde_json::from_str::<Value>(body).unwrap(), json!({"jobId": "sync_01HZ7G0000000000000000000A"}));
     assert_eq!(headers["content-type"], "application/json");
+    assert_sas(&headers["authorization"], url, "sync-send", b"c2VuZC1rZXktZm9yLXRlc3Rz");
+    drop(sent);
 
-    // SharedAccessSignature sr=<url-encoded resource>&sig=<url-encoded base64 HMAC>&se=<expiry>&skn=<policy>
-    let auth = headers["authorization"].strip_prefix("SharedAccessSignature ").unwrap();
-    let parts: HashMap<String, String> = serde_urlencoded::from_str(auth).unwrap();
-    assert_eq!(parts["skn"], "sync-send");
-    assert_eq!(parts["sr"], "https://c360-test.servicebus.windows.net/sync-jobs/messages");
-    let se: i64 = parts["se"].parse().unwrap();
-    assert!(se > chrono::Utc::now().timestamp());
-    let sr_encoded: String = url::form_urlencoded::byte_serialize(parts["sr"].as_bytes()).collect();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"c2VuZC1rZXktZm9yLXRlc3Rz").unwrap();
-    mac.update(format!("{sr_encoded}\n{se}").as_bytes());
-    use base64::Engine;
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    assert_eq!(parts["sig"], expected, "signed with the send key from the Secrets port");
+    // The key is rotated: Service Bus refuses the old one, the adapter reads the key again and
+    // sends once more, signed with the new key.
+    local.add_version("servicebus-send-key", "bmV3LXNlbmQta2V5".into()).unwrap();
+    recorder.answers.lock().unwrap().push_back(azure_core_legacy::StatusCode::Unauthorized);
+    q.enqueue("sync_01HZ7G0000000000000000000B").await.unwrap();
+    let sent = recorder.sent.lock().unwrap();
+    assert_eq!(sent.len(), 3);
+    assert_sas(&sent[1].2["authorization"], &sent[1].1, "sync-send", b"c2VuZC1rZXktZm9yLXRlc3Rz");
+    assert_sas(&sent[2].2["authorization"], &sent[2].1, "sync-send", b"bmV3LXNlbmQta2V5");
+    assert_eq!(serde_json::from_str::<Value>(&sent[2].2["brokerproperties"]).unwrap()["MessageId"], "sync_01HZ7G0000000000000000000B");
+
+    // Service Bus down: the error reaches the caller (POST /api/sync answers 503).
+    drop(sent);
+    recorder.answers.lock().unwrap().push_back(azure_core_legacy::StatusCode::ServiceUnavailable);
+    assert!(q.enqueue("sync_01HZ7G0000000000000000000C").await.is_err());
 }

@@ -13,7 +13,8 @@ pub struct ServiceBusQueue {
     http: Arc<dyn azure_core_legacy::HttpClient>,
     config: ServiceBusConfig,
     secrets: Arc<dyn Secrets>,
-    client: RwLock<QueueClient>,
+    /// None until the send key could be read.
+    client: RwLock<Option<QueueClient>>,
 }
 
 async fn send_key(secrets: &Arc<dyn Secrets>) -> Result<SecretString, QueueError> {
@@ -34,48 +35,68 @@ fn client(http: &Arc<dyn azure_core_legacy::HttpClient>, c: &ServiceBusConfig, k
 }
 
 impl ServiceBusQueue {
-    /// Reads the send key once; it is read again when Service Bus refuses it (rotation).
+    /// Reads the send key once (a missing key only fails sends, not the start); it is read
+    /// again when Service Bus refuses it (rotation).
     pub async fn open(
         http: Arc<dyn azure_core_legacy::HttpClient>,
         config: &ServiceBusConfig,
         secrets: Arc<dyn Secrets>,
     ) -> Result<ServiceBusQueue, QueueError> {
-        let key = send_key(&secrets).await?;
-        let client = client(&http, config, &key)?;
-        Ok(ServiceBusQueue { http, config: config.clone(), secrets, client: RwLock::new(client) })
+        let q = ServiceBusQueue { http, config: config.clone(), secrets, client: RwLock::new(None) };
+        if let Err(e) = q.reload_key().await {
+            tracing::warn!(error = %e, "Service Bus send key not available yet; sync jobs cannot be queued");
+        }
+        Ok(q)
     }
 
-    async fn send(&self, job_id: &str) -> azure_core_legacy::Result<()> {
+    async fn reload_key(&self) -> Result<QueueClient, QueueError> {
+        let key = send_key(&self.secrets).await?;
+        let c = client(&self.http, &self.config, &key)?;
+        *self.client.write() = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn send(&self, job_id: &str) -> Result<(), SendError> {
         let body = serde_json::json!({ "jobId": job_id }).to_string();
         let options = SendMessageOptions {
             content_type: Some("application/json".into()),
             broker_properties: Some(SettableBrokerProperties { message_id: Some(job_id.to_string()), ..Default::default() }),
             custom_properties: None,
         };
-        let client = self.client.read().clone();
-        client.send_message(&body, Some(options)).await
+        let current = self.client.read().clone();
+        let client = match current {
+            Some(c) => c,
+            None => self.reload_key().await.map_err(SendError::Queue)?,
+        };
+        client.send_message(&body, Some(options)).await.map_err(SendError::Http)
     }
+}
+
+enum SendError {
+    Queue(QueueError),
+    Http(azure_core_legacy::Error),
 }
 
 #[async_trait]
 impl JobQueue for ServiceBusQueue {
     async fn enqueue(&self, job_id: &str) -> Result<(), QueueError> {
+        let unavailable = |e: SendError| match e {
+            SendError::Queue(q) => q,
+            SendError::Http(e) => QueueError::Unavailable(e.to_string()),
+        };
         match self.send(job_id).await {
             Ok(()) => Ok(()),
-            Err(e) => {
-                let refused = matches!(
+            Err(SendError::Http(e))
+                if matches!(
                     e.kind(),
-                    azure_core_legacy::error::ErrorKind::HttpResponse { status, .. }
-                        if matches!(u16::from(*status), 401 | 403)
-                );
-                if !refused {
-                    return Err(QueueError::Unavailable(e.to_string()));
-                }
+                    azure_core_legacy::error::ErrorKind::HttpResponse { status, .. } if matches!(u16::from(*status), 401 | 403)
+                ) =>
+            {
                 // The key may have been rotated: read it again and retry once.
-                let key = send_key(&self.secrets).await?;
-                *self.client.write() = client(&self.http, &self.config, &key)?;
-                self.send(job_id).await.map_err(|e| QueueError::Unavailable(e.to_string()))
+                self.reload_key().await?;
+                self.send(job_id).await.map_err(unavailable)
             }
+            Err(e) => Err(unavailable(e)),
         }
     }
 }

@@ -206,3 +206,20 @@ pub fn start(app: Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
     }
     tasks
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let base = Duration::from_millis(100);
+        for _ in 0..50 {
+            let first = backoff(base, 1);
+            assert!(first >= Duration::from_millis(50) && first < Duration::from_millis(150), "{first:?}");
+            let fourth = backoff(base, 4);
+            assert!(fourth >= Duration::from_millis(400) && fourth < Duration::from_millis(1200), "{fourth:?}");
+            assert!(backoff(base, 30) < MAX_BACKOFF.mul_f64(1.5));
+        }
+    }
+}
