@@ -663,7 +663,7 @@ async fn the_service_bus_queue_sends_one_message_per_job_with_its_id_and_a_sas_s
     let local = Arc::new(customer360::secrets::local::LocalSecrets::open(dir.path()).unwrap());
     let secrets: Arc<dyn customer360::secrets::Secrets> = local.clone();
     let recorder = Arc::new(Recorder::default());
-    let cfg = customer360::config::ServiceBusConfig { namespace: "c360-test".into(), queue: "sync-jobs".into(), send_policy: "sync-send".into() };
+    let cfg = customer360::config::ServiceBusConfig { namespace: "c360-test.servicebus.windows.net".into(), queue: "sync-jobs".into(), send_policy: "sync-send".into() };
     let q = customer360::queue::servicebus::ServiceBusQueue::open(recorder.clone(), &cfg, secrets).await.unwrap();
     q.enqueue("sync_01HZ7G0000000000000000000A").await.unwrap();
 

@@ -6,6 +6,10 @@ use crate::sync::RunError;
 use crate::App;
 use serde_json::{json, Value};
 
+/// How long an invocation waits for a busy job or entity before asking for a redelivery.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const BUSY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn delivery_count(inv: &Invocation) -> Result<u32> {
     match inv.metadata.get("DeliveryCount") {
         None | Some(Value::Null) => Ok(1),
@@ -36,7 +40,16 @@ pub async fn run(app: &App, inv: &Invocation) -> Result<Resp> {
     // A fresh owner per invocation: a redelivery while this one still runs must not share its lease.
     let owner = crate::ids::new_id("fn");
     tracing::info!(jobId = job_id, messageId = message_id, delivery, "SyncWorker invoked");
-    match crate::sync::run_job(app, job_id, &owner).await {
+    // Busy (the job or its entity is being worked elsewhere): wait a little here rather than
+    // burn deliveries, which Service Bus would hand back at once.
+    let waited_since = std::time::Instant::now();
+    let outcome = loop {
+        match crate::sync::run_job(app, job_id, &owner).await {
+            Err(RunError::Busy(_)) if waited_since.elapsed() < BUSY_WAIT => tokio::time::sleep(BUSY_POLL).await,
+            other => break other,
+        }
+    };
+    match outcome {
         Ok(job) => Ok(invocation_response(
             vec![format!("sync job {job_id}: {}", job.status.as_str())],
             json!({ "jobId": job_id, "status": job.status, "processed": job.processed }),

@@ -29,8 +29,16 @@ async fn send_key(secrets: &Arc<dyn Secrets>) -> Result<SecretString, QueueError
         .ok_or_else(|| QueueError::Unavailable(format!("{SERVICEBUS_SEND_KEY} has no enabled version")))
 }
 
+/// The crate wants the bare namespace name; SERVICEBUS_NAMESPACE holds the fully-qualified
+/// `<ns>.servicebus.windows.net` (as the trigger's connection setting does). Both are accepted.
+pub fn namespace_name(configured: &str) -> &str {
+    let s = configured.trim().trim_start_matches("https://").trim_start_matches("sb://").trim_end_matches('/');
+    s.strip_suffix(".servicebus.windows.net").unwrap_or(s)
+}
+
 fn client(http: &Arc<dyn azure_core_legacy::HttpClient>, c: &ServiceBusConfig, key: &SecretString) -> Result<QueueClient, QueueError> {
-    QueueClient::new(http.clone(), c.namespace.clone(), c.queue.clone(), c.send_policy.clone(), key.expose().to_string())
+    let ns = namespace_name(&c.namespace).to_string();
+    QueueClient::new(http.clone(), ns, c.queue.clone(), c.send_policy.clone(), key.expose().to_string())
         .map_err(|e| QueueError::Unavailable(e.to_string()))
 }
 
