@@ -57,13 +57,16 @@ impl JobQueue for EmbeddedQueue {
             }
             let slots = Arc::new(tokio::sync::Semaphore::new(WORKERS));
             let in_flight: Arc<DashSet<String>> = Arc::new(DashSet::new());
+            // Owned here, so stopping the dispatcher (shutdown) stops its workers too.
+            let mut workers = tokio::task::JoinSet::new();
             while let Some(id) = rx.recv().await {
+                while workers.try_join_next().is_some() {}
                 if !in_flight.insert(id.clone()) {
                     continue;
                 }
                 let Ok(permit) = slots.clone().acquire_owned().await else { break };
                 let (app, tx, in_flight) = (app.clone(), tx.clone(), in_flight.clone());
-                tokio::spawn(async move {
+                workers.spawn(async move {
                     let again = work(&app, &id).await;
                     in_flight.remove(&id);
                     drop(permit);

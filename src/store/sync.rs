@@ -283,3 +283,99 @@ pub trait SyncStore: Send + Sync {
     async fn write_opportunity(&self, w: OpportunityWrite) -> StoreResult<()>;
     async fn list_opportunities(&self, q: &OpportunityQuery) -> StoreResult<(Vec<Opportunity>, u64)>;
 }
+
+/// The behaviour every `SyncStore` adapter must show; run by each adapter's tests.
+#[doc(hidden)]
+pub mod conformance {
+    use super::*;
+    use crate::store::{Store, StoreError};
+    use chrono::Duration;
+
+    fn job(entity: SyncEntity) -> SyncJob {
+        SyncJob::new(crate::ids::new_id("sync"), entity, SyncMode::Full, None, Utc::now())
+    }
+
+    /// Stores round-trip timestamps at microsecond precision.
+    fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+    }
+
+    pub async fn leases_and_watermarks(store: &dyn Store) {
+        let now = Utc::now();
+        let lease = now + Duration::seconds(60);
+        let other = job(SyncEntity::Opportunities);
+        let (a, b) = (job(SyncEntity::Customers), job(SyncEntity::Customers));
+        let after = job(SyncEntity::Opportunities);
+        for j in [&other, &a, &b, &after] {
+            store.insert_sync_job(j, None).await.unwrap();
+        }
+        assert_eq!(store.get_sync_job(&a.id).await.unwrap().as_ref(), Some(&a));
+        let Claim::Claimed(mut held) = store.claim_sync_job(&a.id, "w1", now, lease).await.unwrap() else { panic!("claim") };
+        assert_eq!(held.status, JobStatus::Running);
+        assert!(matches!(store.claim_sync_job(&a.id, "w2", now, lease).await.unwrap(), Claim::Busy(_)));
+        assert!(matches!(store.claim_sync_job(&b.id, "w2", now, lease).await.unwrap(), Claim::Busy(_)));
+        assert!(matches!(store.claim_sync_job(&other.id, "w2", now, lease).await.unwrap(), Claim::Claimed(_)));
+        // Opportunities queued after customers wait for them.
+        assert!(matches!(store.claim_sync_job(&after.id, "w5", now, lease).await.unwrap(), Claim::Busy(_)));
+        assert_eq!(store.claim_sync_job("sync_01HZ7G0000000000000000000Z", "w1", now, lease).await.unwrap(), Claim::NotFound);
+
+        // The lease expires: another worker takes the job over, and the first one's saves fail.
+        let later = now + Duration::seconds(61);
+        assert!(matches!(store.claim_sync_job(&a.id, "w3", later, later + Duration::seconds(60)).await.unwrap(), Claim::Claimed(_)));
+        held.processed = 7;
+        assert_eq!(store.save_sync_job(&held, "w1", Some(lease)).await, Err(StoreError::PreconditionFailed));
+
+        let mut done = held.clone();
+        done.status = JobStatus::Completed;
+        done.high_water = Some(now - Duration::days(1));
+        store.save_sync_job(&done, "w3", None).await.unwrap();
+        assert_eq!(store.sync_watermark(SyncEntity::Customers).await.unwrap(), done.high_water.map(micros));
+        assert!(matches!(store.claim_sync_job(&a.id, "w4", later, later).await.unwrap(), Claim::Finished(_)));
+        // A failed job leaves the watermark alone.
+        let Claim::Claimed(mut fb) = store.claim_sync_job(&b.id, "w4", later, later + Duration::seconds(60)).await.unwrap() else {
+            panic!("claim b")
+        };
+        fb.status = JobStatus::Failed;
+        fb.high_water = Some(now);
+        store.save_sync_job(&fb, "w4", None).await.unwrap();
+        assert_eq!(store.sync_watermark(SyncEntity::Customers).await.unwrap(), done.high_water.map(micros));
+        let unfinished: Vec<String> = store.unfinished_sync_jobs().await.unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(unfinished, [other.id.clone(), after.id.clone()]);
+        assert!(matches!(store.claim_sync_job(&after.id, "w5", later, later + Duration::seconds(60)).await.unwrap(), Claim::Claimed(_)));
+        let failed = store.fail_sync_job(&other.id, "gave up", later).await.unwrap().unwrap();
+        assert_eq!((failed.status, failed.reason.as_deref()), (JobStatus::Failed, Some("gave up")));
+
+        let (page, total) = store.list_sync_jobs(0, 2).await.unwrap();
+        assert_eq!(total, 4);
+        assert_eq!(page.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), [after.id.clone(), b.id.clone()], "newest first");
+    }
+
+    pub async fn opportunities(store: &dyn Store) {
+        let t = Utc::now();
+        let opp = |ext: &str, customer: &str| Opportunity {
+            id: crate::ids::new_id("opp"),
+            external_id: ext.into(),
+            customer_id: "cstm_x".into(),
+            customer_external_id: customer.into(),
+            name: "Deal".into(),
+            amount: serde_json::Number::from_f64(10.5).unwrap_or_else(|| 10.into()),
+            currency: "BRL".into(),
+            stage: OpportunityStage::Open,
+            created_at: micros(t),
+            closed_at: None,
+            updated_at: micros(t),
+        };
+        for (e, c) in [("o-1", "C-1"), ("o-2", "c-2"), ("o-3", "c-1")] {
+            store.write_opportunity(OpportunityWrite { opportunity: opp(e, c), customer: None }).await.unwrap();
+        }
+        let mut won = store.find_opportunity_by_external_id("O-1").await.unwrap().unwrap();
+        won.stage = OpportunityStage::Won;
+        store.write_opportunity(OpportunityWrite { opportunity: won.clone(), customer: None }).await.unwrap();
+        assert_eq!(store.find_opportunity_by_external_id("o-1").await.unwrap(), Some(won));
+        let q = |c: Option<&str>| OpportunityQuery { customer_external_id: c.map(str::to_string), offset: 0, limit: 10 };
+        let (items, total) = store.list_opportunities(&q(Some("c-1"))).await.unwrap();
+        assert_eq!(total, 2);
+        assert_eq!(items.iter().map(|o| o.external_id.as_str()).collect::<Vec<_>>(), ["o-3", "o-1"]);
+        assert_eq!(store.list_opportunities(&q(None)).await.unwrap().1, 3);
+    }
+}

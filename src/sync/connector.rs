@@ -50,6 +50,9 @@ pub async fn open(config: &Config, secrets: &Arc<dyn Secrets>) -> Result<Arc<dyn
     Ok(Arc::new(HttpConnector { base: base.trim_end_matches('/').to_string(), api_key, client }))
 }
 
+/// A page larger than this is refused (a limit of 100 records leaves plenty of room).
+const MAX_PAGE_BYTES: usize = 32 << 20;
+
 pub struct HttpConnector {
     base: String,
     api_key: Option<crate::secrets::SecretString>,
@@ -98,6 +101,9 @@ impl Connector for HttpConnector {
         }
         if !status.is_success() {
             return Err(FetchError::Fatal(format!("connector answered {status} to GET {url}")));
+        }
+        if body.len() > MAX_PAGE_BYTES {
+            return Err(FetchError::Fatal(format!("connector page larger than {} MiB from GET {url}", MAX_PAGE_BYTES >> 20)));
         }
         parse_page(&body).map_err(FetchError::Retryable)
     }

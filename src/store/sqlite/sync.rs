@@ -257,52 +257,12 @@ impl SyncStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SyncMode;
-    use chrono::Duration;
-
-    fn job(entity: SyncEntity) -> SyncJob {
-        SyncJob::new(crate::ids::new_id("sync"), entity, SyncMode::Full, None, Utc::now())
-    }
 
     #[tokio::test]
-    async fn one_worker_per_job_and_one_running_job_per_entity() {
+    async fn sqlite_meets_the_sync_store_contract() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let now = Utc::now();
-        let lease = now + Duration::seconds(60);
-        let other = job(SyncEntity::Opportunities);
-        let (a, b) = (job(SyncEntity::Customers), job(SyncEntity::Customers));
-        let after = job(SyncEntity::Opportunities);
-        for j in [&other, &a, &b, &after] {
-            store.insert_sync_job(j, None).await.unwrap();
-        }
-        let Claim::Claimed(mut held) = store.claim_sync_job(&a.id, "w1", now, lease).await.unwrap() else { panic!() };
-        assert_eq!(held.status, JobStatus::Running);
-        assert!(matches!(store.claim_sync_job(&a.id, "w2", now, lease).await.unwrap(), Claim::Busy(_)));
-        assert!(matches!(store.claim_sync_job(&b.id, "w2", now, lease).await.unwrap(), Claim::Busy(_)));
-        assert!(matches!(store.claim_sync_job(&other.id, "w2", now, lease).await.unwrap(), Claim::Claimed(_)));
-        // Opportunities queued after customers wait for them.
-        assert!(matches!(store.claim_sync_job(&after.id, "w5", now, lease).await.unwrap(), Claim::Busy(_)));
-
-        // The lease expires: another worker takes the job over, and the first one's saves fail.
-        let later = now + Duration::seconds(61);
-        assert!(matches!(store.claim_sync_job(&a.id, "w3", later, later + Duration::seconds(60)).await.unwrap(), Claim::Claimed(_)));
-        held.processed = 7;
-        assert_eq!(store.save_sync_job(&held, "w1", Some(lease)).await, Err(StoreError::PreconditionFailed));
-
-        let mut done = held.clone();
-        done.status = JobStatus::Completed;
-        done.high_water = Some(now - Duration::days(1));
-        store.save_sync_job(&done, "w3", None).await.unwrap();
-        assert_eq!(store.sync_watermark(SyncEntity::Customers).await.unwrap(), done.high_water.map(|t| from_micros(micros(t))));
-        assert!(matches!(store.claim_sync_job(&a.id, "w4", later, later).await.unwrap(), Claim::Finished(_)));
-        // A failed job leaves the watermark alone.
-        let Claim::Claimed(mut fb) = store.claim_sync_job(&b.id, "w4", later, later + Duration::seconds(60)).await.unwrap() else { panic!() };
-        fb.status = JobStatus::Failed;
-        fb.high_water = Some(now);
-        store.save_sync_job(&fb, "w4", None).await.unwrap();
-        assert_eq!(store.sync_watermark(SyncEntity::Customers).await.unwrap(), done.high_water.map(|t| from_micros(micros(t))));
-        assert_eq!(store.unfinished_sync_jobs().await.unwrap().len(), 2);
-        assert!(matches!(store.claim_sync_job(&after.id, "w5", later, later + Duration::seconds(60)).await.unwrap(), Claim::Claimed(_)));
+        crate::store::sync::conformance::leases_and_watermarks(store.as_ref()).await;
+        crate::store::sync::conformance::opportunities(store.as_ref()).await;
     }
 }
