@@ -326,6 +326,7 @@ async fn a_full_sync_rides_out_faults_reports_bad_records_and_an_incremental_con
     items.insert(40, customer(39));
     items.push(json!({"externalId": "bad-email", "name": "X", "email": "nope", "updatedAt": "2025-05-01T00:00:00Z"}));
     items.push(json!({"externalId": "no-name", "email": "n@example.com", "updatedAt": "2025-05-01T00:00:00Z"}));
+    items.push(json!({"externalId": "dup-email", "name": "Y", "email": "c1@example.com", "updatedAt": "2025-05-01T00:00:00Z"}));
     let src: Shared = Arc::new(Mutex::new(Source {
         items: HashMap::from([("customers".to_string(), items)]),
         page_size: 40,
@@ -339,18 +340,20 @@ async fn a_full_sync_rides_out_faults_reports_bad_records_and_an_incremental_con
     let id = api.queue(json!({"entity": "customers", "mode": "full"})).await;
     let job = api.finished(&id).await;
     assert_eq!(job["status"], "completed", "{job}");
-    assert_eq!(job["processed"], 98);
+    assert_eq!(job["processed"], 99);
     assert_eq!(job["created"], 95);
     assert_eq!(job["updated"], 0);
     assert_eq!(job["skipped"], 1);
     let errs = job["errors"].as_array().unwrap();
     let bad: Vec<_> = errs.iter().map(|e| (e["externalId"].as_str().unwrap(), e["code"].as_str().unwrap())).collect();
-    assert_eq!(bad, [("bad-email", "VALIDATION_ERROR"), ("no-name", "VALIDATION_ERROR")]);
+    assert_eq!(bad, [("bad-email", "VALIDATION_ERROR"), ("no-name", "VALIDATION_ERROR"), ("dup-email", "CONFLICT")]);
     assert!(errs[1]["message"].as_str().unwrap().contains("name"));
+    assert!(errs[2]["message"].as_str().unwrap().contains("email"));
     {
         let s = src.lock().unwrap();
         // 3 failed tries of page 1, then 3 pages.
         assert_eq!(s.requests.len(), 6);
+        assert_eq!(s.requests.iter().filter(|r| r.cursor.is_none()).count(), 4);
         assert!(s.requests.iter().all(|r| r.api_key.as_deref() == Some("ck_test_123")));
         assert!(s.requests.iter().all(|r| r.entity == "customers" && r.since.is_none()));
     }
@@ -535,6 +538,9 @@ async fn the_functions_sync_worker_runs_jobs_idempotently_and_fails_them_on_the_
     let out = cli(dir.path(), &["clients", "create", "--name", "fn", "--scopes", "sync.write customer.read"]);
     let field = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim().to_string();
     let (cid, csecret) = (field("clientId:"), field("clientSecret:"));
+    let reader = cli(dir.path(), &["clients", "create", "--name", "reader", "--scopes", "customer.read"]);
+    let rfield = |k: &str| reader.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim().to_string();
+    let (rid, rsecret) = (rfield("clientId:"), rfield("clientSecret:"));
 
     let port = free_port();
     let mut env = connector_env(&url);
@@ -545,8 +551,15 @@ async fn the_functions_sync_worker_runs_jobs_idempotently_and_fails_them_on_the_
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     wait_up(&http, &base).await;
-    let token = token(&http, &base, &cid, &csecret).await;
-    let api = Api { child, base: base.clone(), http: http.clone(), token };
+    let fn_token = token(&http, &base, &cid, &csecret).await;
+    let api = Api { child, base: base.clone(), http: http.clone(), token: fn_token };
+
+    // Scopes: sync.write to queue, sync.read or sync.write to read.
+    let reader_token = token(&http, &base, &rid, &rsecret).await;
+    let r = http.post(format!("{base}/api/sync")).bearer_auth(&reader_token).json(&json!({"entity": "customers", "mode": "full"})).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(http.get(format!("{base}/api/sync")).bearer_auth(&reader_token).send().await.unwrap().status(), 403);
+    assert_eq!(http.get(format!("{base}/api/opportunities")).bearer_auth(&reader_token).send().await.unwrap().status(), 200);
 
     let id = api.queue(json!({"entity": "customers", "mode": "full"})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
