@@ -629,9 +629,12 @@ async fn the_functions_sync_worker_runs_jobs_idempotently_and_fails_them_on_the_
 
 // ---------- the Service Bus adapter on the wire ----------
 
+/// Method, URL, headers, body.
+type Sent = (String, String, HashMap<String, String>, String);
+
 #[derive(Debug, Default)]
 struct Recorder {
-    sent: Mutex<Vec<(String, String, HashMap<String, String>, String)>>,
+    sent: Mutex<Vec<Sent>>,
     /// Answers to give, in order; 201 Created when empty.
     answers: Mutex<VecDeque<azure_core_legacy::StatusCode>>,
 }
@@ -680,7 +683,7 @@ async fn the_service_bus_queue_sends_one_message_per_job_with_its_id_and_a_sas_s
     let q = customer360::queue::servicebus::ServiceBusQueue::open(recorder.clone(), &cfg, secrets).await.unwrap();
     q.enqueue("sync_01HZ7G0000000000000000000A").await.unwrap();
 
-    let sent = recorder.sent.lock().unwrap();
+    let sent = recorder.sent.lock().unwrap().clone();
     assert_eq!(sent.len(), 1);
     let (method, url, headers, body) = &sent[0];
     assert_eq!(method.to_uppercase(), "POST");
@@ -690,21 +693,19 @@ async fn the_service_bus_queue_sends_one_message_per_job_with_its_id_and_a_sas_s
     assert_eq!(serde_json::from_str::<Value>(body).unwrap(), json!({"jobId": "sync_01HZ7G0000000000000000000A"}));
     assert_eq!(headers["content-type"], "application/json");
     assert_sas(&headers["authorization"], url, "sync-send", b"c2VuZC1rZXktZm9yLXRlc3Rz");
-    drop(sent);
 
     // The key is rotated: Service Bus refuses the old one, the adapter reads the key again and
     // sends once more, signed with the new key.
     local.add_version("servicebus-send-key", "bmV3LXNlbmQta2V5".into()).unwrap();
     recorder.answers.lock().unwrap().push_back(azure_core_legacy::StatusCode::Unauthorized);
     q.enqueue("sync_01HZ7G0000000000000000000B").await.unwrap();
-    let sent = recorder.sent.lock().unwrap();
+    let sent = recorder.sent.lock().unwrap().clone();
     assert_eq!(sent.len(), 3);
     assert_sas(&sent[1].2["authorization"], &sent[1].1, "sync-send", b"c2VuZC1rZXktZm9yLXRlc3Rz");
     assert_sas(&sent[2].2["authorization"], &sent[2].1, "sync-send", b"bmV3LXNlbmQta2V5");
     assert_eq!(serde_json::from_str::<Value>(&sent[2].2["brokerproperties"]).unwrap()["MessageId"], "sync_01HZ7G0000000000000000000B");
 
     // Service Bus down: the error reaches the caller (POST /api/sync answers 503).
-    drop(sent);
     recorder.answers.lock().unwrap().push_back(azure_core_legacy::StatusCode::ServiceUnavailable);
     assert!(q.enqueue("sync_01HZ7G0000000000000000000C").await.is_err());
 }

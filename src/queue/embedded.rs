@@ -93,7 +93,7 @@ async fn work(app: &App, id: &str) -> bool {
             tracing::debug!(jobId = %id, why = %why, "sync job waits");
             true
         }
-        Err(RunError::Store(e)) if matches!(e, crate::store::StoreError::Unavailable(_)) => true,
+        Err(RunError::Store(crate::store::StoreError::Unavailable(_))) => true,
         Err(RunError::NotFound | RunError::LeaseLost) => false,
         Err(e) => {
             let reason = e.to_string();

@@ -54,8 +54,11 @@ pub fn updated_at(item: &Value) -> Option<DateTime<Utc>> {
     item.get("updatedAt").and_then(Value::as_str).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
 }
 
+/// A record's fields, its externalId and its updatedAt.
+type Envelope<'a> = (&'a Map<String, Value>, String, DateTime<Utc>);
+
 /// Reads the fields every record has: externalId and updatedAt (required, not in the future).
-fn envelope<'a>(app: &App, item: &'a Value) -> Result<(&'a Map<String, Value>, String, DateTime<Utc>), Outcome> {
+fn envelope<'a>(app: &App, item: &'a Value) -> Result<Envelope<'a>, Outcome> {
     let Some(obj) = item.as_object() else {
         return Err(item_error(None, "MALFORMED_ITEM", "The record is not a JSON object"));
     };

@@ -36,7 +36,10 @@ fn job_from(doc: &str) -> StoreResult<SyncJob> {
     serde_json::from_str(doc).map_err(internal)
 }
 
-fn get_job(conn: &Connection, id: &str) -> StoreResult<Option<(SyncJob, Option<String>, Option<i64>)>> {
+/// A stored job with its lease owner and lease end (microseconds).
+type LeasedJob = (SyncJob, Option<String>, Option<i64>);
+
+fn get_job(conn: &Connection, id: &str) -> StoreResult<Option<LeasedJob>> {
     let row = conn
         .prepare_cached("SELECT doc, lease_owner, lease_until FROM sync_jobs WHERE id = ?1")?
         .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?)))
