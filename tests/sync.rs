@@ -34,6 +34,8 @@ struct Source {
     always_fail: bool,
     /// The first request for this cursor hangs (to kill the process mid-job).
     hang_cursor: Option<String>,
+    /// Requests for this cursor answer 500.
+    fail_cursor: Option<String>,
     requests: Vec<Seen>,
 }
 
@@ -49,7 +51,7 @@ async fn answer(src: Shared, entity: String, q: HashMap<String, String>, key: Op
         let mut s = src.lock().unwrap();
         let cursor = q.get("cursor").cloned();
         s.requests.push(Seen { entity: entity.clone(), since: q.get("since").cloned(), cursor: cursor.clone(), api_key: key });
-        if s.always_fail {
+        if s.always_fail || (cursor.is_some() && s.fail_cursor == cursor) {
             return warp::reply::with_status("boom", warp::http::StatusCode::INTERNAL_SERVER_ERROR).into_response();
         }
         let fault = s.faults.pop_front();
@@ -602,7 +604,26 @@ async fn the_functions_sync_worker_runs_jobs_idempotently_and_fails_them_on_the_
     assert_eq!(invoke("SyncWorker", json!({"Data": {"message": {"jobId": "x"}}})).await.0, 400);
     assert_eq!(invoke("SyncWorker", json!({"Data": {"message": {"jobId": id}}, "Metadata": {"DeliveryCount": "many"}})).await.0, 400);
 
-    // A failing connector: non-2xx so Service Bus retries; the last delivery marks it failed.
+    // The connector fails after the first page: the delivery fails (non-2xx, so Service Bus
+    // delivers again) and the next delivery resumes from the checkpoint.
+    src.lock().unwrap().fail_cursor = Some("5".into());
+    let resumed = api.queue(json!({"entity": "customers", "mode": "full"})).await;
+    let (s, _) = invoke("SyncWorker", message(&resumed, 1, false)).await;
+    assert!(s >= 500, "{s}");
+    let half = api.job(&resumed).await;
+    assert_eq!((half["status"].as_str(), half["processed"].as_u64()), (Some("queued"), Some(5)), "{half}");
+    {
+        let mut s = src.lock().unwrap();
+        s.fail_cursor = None;
+        s.requests.clear();
+    }
+    let (s, v) = invoke("SyncWorker", message(&resumed, 2, false)).await;
+    assert_eq!(s, 200, "{v}");
+    let whole = api.job(&resumed).await;
+    assert_eq!((whole["status"].as_str(), whole["processed"].as_u64(), whole["skipped"].as_u64()), (Some("completed"), Some(12), Some(12)));
+    assert_eq!(src.lock().unwrap().requests[0].cursor.as_deref(), Some("5"), "resumed, not restarted");
+
+    // A connector that keeps failing: the last delivery marks the job failed and answers 200.
     src.lock().unwrap().always_fail = true;
     let failing = api.queue(json!({"entity": "customers", "mode": "incremental"})).await;
     let (s, _) = invoke("SyncWorker", message(&failing, 1, false)).await;
@@ -625,6 +646,8 @@ async fn the_functions_sync_worker_runs_jobs_idempotently_and_fails_them_on_the_
     assert_eq!(inc["since"], "2025-06-12T00:00:00.000Z", "from the watermark of the completed job");
     let (_, v) = invoke("IncrementalSync", timer).await;
     assert_eq!(v["ReturnValue"]["queued"], json!([]));
+    assert_eq!(invoke("IncrementalSync", json!({"Data": {"timer": 5}})).await.0, 400);
+    assert_eq!(http.get(format!("{base}/SyncWorker")).send().await.unwrap().status(), 405);
 }
 
 // ---------- the Service Bus adapter on the wire ----------
