@@ -304,7 +304,11 @@ async fn sync_requests_are_validated_idempotent_and_a_failing_connector_fails_th
     for k in ["jobId", "entity", "mode", "createdAt", "startedAt", "finishedAt", "processed", "created", "updated", "skipped", "errors"] {
         assert!(job.get(k).is_some(), "{k} missing in {job}");
     }
-    assert_eq!(src.lock().unwrap().requests.len(), 3);
+    {
+        let s = src.lock().unwrap();
+        assert_eq!(s.requests.len(), 3);
+        assert!(s.requests.iter().all(|r| r.api_key.is_none()), "no connector-api-key secret, no header");
+    }
 
     // A failed job does not move the watermark: the next incremental starts from nothing.
     let inc = api.queue(json!({"entity": "customers", "mode": "incremental"})).await;
