@@ -47,7 +47,17 @@ pub async fn open(config: &Config, secrets: &Arc<dyn Secrets>) -> Result<Arc<dyn
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("cannot build the connector client: {e}"))?;
-    Ok(Arc::new(HttpConnector { base: base.trim_end_matches('/').to_string(), api_key, client }))
+    let shown = shown_url(base)?;
+    Ok(Arc::new(HttpConnector { base: base.trim_end_matches('/').to_string(), shown, api_key, client }))
+}
+
+/// The base URL as job reasons may show it to API clients: without credentials or query.
+fn shown_url(base: &str) -> Result<String, String> {
+    let mut shown = url::Url::parse(base).map_err(|_| "CONNECTOR_BASE_URL is not a valid URL".to_string())?;
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    Ok(shown.to_string().trim_end_matches('/').to_string())
 }
 
 /// A page larger than this is refused (a limit of 100 records leaves plenty of room).
@@ -55,6 +65,8 @@ const MAX_PAGE_BYTES: usize = 32 << 20;
 
 pub struct HttpConnector {
     base: String,
+    /// `base` as it may appear in messages.
+    shown: String,
     api_key: Option<crate::secrets::SecretString>,
     client: reqwest::Client,
 }
@@ -76,6 +88,7 @@ pub fn parse_page(body: &[u8]) -> Result<Page, String> {
 impl Connector for HttpConnector {
     async fn fetch(&self, entity: SyncEntity, since: Option<DateTime<Utc>>, cursor: Option<&str>, limit: u32) -> Result<Page, FetchError> {
         let url = format!("{}/{}", self.base, entity.as_str());
+        let shown = format!("{}/{}", self.shown, entity.as_str());
         let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
         if let Some(s) = since {
             query.push(("since", s.to_rfc3339_opts(SecondsFormat::Millis, true)));
@@ -89,21 +102,21 @@ impl Connector for HttpConnector {
         }
         let resp = req.send().await.map_err(|e| {
             let what = if e.is_timeout() { "timed out" } else { "unreachable" };
-            FetchError::Retryable(format!("connector {what}: GET {url}"))
+            FetchError::Retryable(format!("connector {what}: GET {shown}"))
         })?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| {
             let what = if e.is_timeout() { "timed out" } else { "broke off" };
-            FetchError::Retryable(format!("connector {what} while sending GET {url}"))
+            FetchError::Retryable(format!("connector {what} while sending GET {shown}"))
         })?;
         if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
-            return Err(FetchError::Retryable(format!("connector answered {status} to GET {url}")));
+            return Err(FetchError::Retryable(format!("connector answered {status} to GET {shown}")));
         }
         if !status.is_success() {
-            return Err(FetchError::Fatal(format!("connector answered {status} to GET {url}")));
+            return Err(FetchError::Fatal(format!("connector answered {status} to GET {shown}")));
         }
         if body.len() > MAX_PAGE_BYTES {
-            return Err(FetchError::Fatal(format!("connector page larger than {} MiB from GET {url}", MAX_PAGE_BYTES >> 20)));
+            return Err(FetchError::Fatal(format!("connector page larger than {} MiB from GET {shown}", MAX_PAGE_BYTES >> 20)));
         }
         parse_page(&body).map_err(FetchError::Retryable)
     }
@@ -166,6 +179,12 @@ mod tests {
         assert!(parse_page(b"{\"items\": [").is_err());
         assert!(parse_page(br#"{"data":[]}"#).is_err());
         assert!(parse_page(br#"{"items":[],"nextCursor":5}"#).is_err());
+    }
+
+    #[test]
+    fn messages_never_show_credentials_from_the_base_url() {
+        assert_eq!(shown_url("https://user:s3cret@crm.example.com/sync/?token=abc").unwrap(), "https://crm.example.com/sync");
+        assert!(shown_url("http://").is_err());
     }
 
     #[tokio::test]
