@@ -379,3 +379,21 @@ pub mod conformance {
         assert_eq!(store.list_opportunities(&q(None)).await.unwrap().1, 3);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_keeps_100_item_errors_and_counts_the_rest() {
+        let mut job = SyncJob::new("sync_x".into(), SyncEntity::Customers, SyncMode::Full, None, Utc::now());
+        for i in 0..130 {
+            job.push_error(SyncItemError { external_id: Some(format!("e{i}")), code: "VALIDATION_ERROR".into(), message: "bad".into() });
+        }
+        let api = job.to_api();
+        assert_eq!(api["errors"].as_array().unwrap().len(), MAX_JOB_ERRORS);
+        assert_eq!(api["errors"][99]["externalId"], "e99");
+        assert_eq!(api["errorsNotShown"], 30);
+        assert!(api.get("cursor").is_none() && api.get("highWater").is_none(), "internal fields stay inside");
+    }
+}
