@@ -63,6 +63,12 @@ pub struct Config {
     /// How long one webhook attempt may take.
     pub webhook_timeout: Duration,
     pub connector_base_url: Option<String>,
+    /// One connector request (a page) may take this long before it is retried.
+    pub connector_timeout: Duration,
+    /// Tries per page before the job fails (5xx, timeouts, malformed pages).
+    pub connector_max_attempts: u32,
+    /// The first retry waits about this long; each next one twice as long (with jitter).
+    pub connector_retry_base: Duration,
     pub sync_max_delivery_count: u32,
     pub incremental_sync_interval: Duration,
     pub app_insights_connection_string: Option<String>,
@@ -139,6 +145,11 @@ impl Config {
                 AzureCredentialKind::ManagedIdentity
             }
         };
+        if let Some(u) = var("CONNECTOR_BASE_URL") {
+            if !["http://", "https://", "file://"].iter().any(|p| u.starts_with(p)) {
+                p.push("CONNECTOR_BASE_URL: expected an http(s) URL or file://<dir>".into());
+            }
+        }
         if functions_port.is_some() && store == StoreKind::Cosmos && keyvault_url.is_none() {
             p.push("KEYVAULT_URL: required when running on Cosmos under Functions".into());
         }
@@ -166,6 +177,9 @@ impl Config {
             webhook_dispatch_interval: Duration::from_millis(parse("WEBHOOK_DISPATCH_INTERVAL_MS", 1000u64, &mut p)),
             webhook_timeout: Duration::from_millis(parse("WEBHOOK_TIMEOUT_MS", 10_000u64, &mut p).clamp(100, 10_000)),
             connector_base_url: var("CONNECTOR_BASE_URL"),
+            connector_timeout: Duration::from_millis(parse("CONNECTOR_TIMEOUT_MS", 30_000u64, &mut p).max(1)),
+            connector_max_attempts: parse("CONNECTOR_MAX_ATTEMPTS", 5u32, &mut p).clamp(1, 20),
+            connector_retry_base: Duration::from_millis(parse("CONNECTOR_RETRY_BASE_MS", 500u64, &mut p)),
             sync_max_delivery_count: parse("SYNC_MAX_DELIVERY_COUNT", 10u32, &mut p).max(1),
             incremental_sync_interval: Duration::from_secs(parse("INCREMENTAL_SYNC_INTERVAL_SECONDS", 900u64, &mut p).max(1)),
             app_insights_connection_string: var("APPLICATIONINSIGHTS_CONNECTION_STRING"),

@@ -8,11 +8,13 @@ pub mod domain;
 pub mod error;
 pub mod functions;
 pub mod ids;
+pub mod queue;
 pub mod ratelimit;
 pub mod secrets;
 pub mod seed;
 pub mod store;
 pub mod webhooks;
+pub mod sync;
 
 use clock::SharedClock;
 use config::{Config, StoreKind};
@@ -29,6 +31,7 @@ pub struct App {
     pub auth: auth::Auth,
     pub limiter: ratelimit::RateLimiter,
     pub token_limiter: ratelimit::RateLimiter,
+    pub queue: Arc<dyn queue::JobQueue>,
 }
 
 impl App {
@@ -62,6 +65,7 @@ pub async fn open_secrets(config: &Config) -> Result<Arc<dyn Secrets>, String> {
 pub async fn build(config: Config, clock: SharedClock) -> Result<Arc<App>, String> {
     let store = open_store(&config).await?;
     let secrets = open_secrets(&config).await?;
+    let queue = queue::open(&config, secrets.clone()).await?;
     let keys = KeyRing::load(secrets).await.map_err(|e| format!("cannot load keys: {e}"))?;
     let auth = auth::Auth::new(store.clone(), keys.clone(), clock.clone(), &config);
     Ok(Arc::new(App {
@@ -72,6 +76,7 @@ pub async fn build(config: Config, clock: SharedClock) -> Result<Arc<App>, Strin
         clock,
         keys,
         auth,
+        queue,
     }))
 }
 
@@ -120,7 +125,9 @@ pub async fn serve(
     };
     // Under Functions the WebhookDispatch timer sends webhooks instead.
     let dispatcher = if app.config.functions_mode { None } else { webhooks::spawn_dispatcher(app.clone()) };
+    let sync_tasks = sync::start(app.clone());
     warp::serve(api::routes(app.clone())).incoming(listener).graceful(shutdown).run().await;
+    sync_tasks.iter().for_each(|t| t.abort());
     refresh.abort();
     sweeper.abort();
     if let Some(d) = dispatcher {

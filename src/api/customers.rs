@@ -220,7 +220,7 @@ pub fn event(event_type: &str, at: DateTime<Utc>, data: Value) -> OutboxEvent {
     }
 }
 
-fn idempotency_key(req: &Req) -> Result<Option<String>> {
+pub(crate) fn idempotency_key(req: &Req) -> Result<Option<String>> {
     match req.header("idempotency-key") {
         None => Ok(None),
         Some(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b)) => Ok(Some(k.to_string())),
@@ -232,7 +232,7 @@ fn idempotency_key(req: &Req) -> Result<Option<String>> {
     }
 }
 
-fn replay(rec: &IdempotencyRecord, hash: &str) -> Result<Resp> {
+pub(crate) fn replay(rec: &IdempotencyRecord, hash: &str) -> Result<Resp> {
     if rec.request_hash != hash {
         return Err(ApiError::new(
             Code::IdempotencyKeyReused,

@@ -16,6 +16,8 @@ use warp::{Buf, Filter};
 pub mod customers;
 pub mod health;
 pub mod insights;
+pub mod opportunities;
+pub mod sync;
 pub mod token;
 pub mod webhooks;
 
@@ -368,6 +370,8 @@ async fn dispatch(app: &App, req: &mut Req, rate: &mut Option<crate::ratelimit::
         ["api", "insights"] => insights::handle(app, req).await,
         ["api", "openapi.json"] => openapi(req),
         ["api", "webhooks", rest @ ..] => webhooks::handle(app, req, rest).await,
+        ["api", "sync", rest @ ..] => sync::handle(app, req, rest).await,
+        ["api", "opportunities"] => opportunities::handle(app, req).await,
         _ => Err(ApiError::not_found("Route")),
     }
 }

@@ -7,8 +7,10 @@ use crate::App;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
+mod sync_worker;
+
 /// Function names with a handler here; each has a folder under `functions/`.
-pub const TRIGGERS: &[&str] = &["WebhookDispatch"];
+pub const TRIGGERS: &[&str] = &["SyncWorker", "IncrementalSync", "WebhookDispatch"];
 
 pub fn is_trigger(name: &str) -> bool {
     TRIGGERS.contains(&name)
@@ -54,8 +56,10 @@ pub async fn invoke(app: &App, req: &Req, name: &str) -> Result<Resp> {
     if req.method != Method::POST {
         return Err(crate::api::method_not_allowed("POST"));
     }
-    let _inv = parse_invocation(req)?;
+    let inv = parse_invocation(req)?;
     match name {
+        "SyncWorker" => sync_worker::run(app, &inv).await,
+        "IncrementalSync" => sync_worker::incremental(app, &inv).await,
         "WebhookDispatch" => crate::webhooks::invoke_dispatch(app).await,
         _ => Err(ApiError::not_found(name)),
     }

@@ -11,6 +11,9 @@ pub mod sqlite;
 pub mod webhooks;
 
 pub use webhooks::{AttemptResult, DeliveryStatus, WebhookDelivery, WebhookStore, WebhookSubscription};
+pub mod sync;
+
+pub use sync::*;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StoreError {
@@ -183,5 +186,5 @@ pub trait Health: Send + Sync {
 }
 
 /// Everything the service needs from storage.
-pub trait Store: CustomerStore + ClientStore + InsightStore + WebhookStore + Health + 'static {}
-impl<T: CustomerStore + ClientStore + InsightStore + WebhookStore + Health + 'static> Store for T {}
+pub trait Store: CustomerStore + ClientStore + InsightStore + WebhookStore + SyncStore + Health + 'static {}
+impl<T: CustomerStore + ClientStore + InsightStore + WebhookStore + SyncStore + Health + 'static> Store for T {}

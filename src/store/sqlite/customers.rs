@@ -54,11 +54,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
 
 pub(crate) const IDEMPOTENCY_TTL_HOURS: i64 = 24;
 
-fn micros(t: DateTime<Utc>) -> i64 {
+pub(super) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn from_micros(m: i64) -> DateTime<Utc> {
+pub(super) fn from_micros(m: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(m).unwrap_or_default()
 }
 
@@ -107,7 +107,7 @@ fn unique_violation(conn: &Connection, e: &rusqlite::Error, c: &Customer) -> Opt
     Some(StoreError::Conflict { field, existing_id: existing })
 }
 
-fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<String> {
+pub(super) fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<String> {
     let c = &w.customer;
     let doc = serde_json::to_string(c).map_err(internal)?;
     let ext_key = c.external_id.as_ref().map(|e| e.to_lowercase());
@@ -163,17 +163,22 @@ fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<String> {
             .execute(params![e.id, e.event_type, micros(e.timestamp), e.payload.to_string()])?;
     }
     if let Some(r) = &w.idempotency {
-        let cutoff = micros(r.created_at - Duration::hours(IDEMPOTENCY_TTL_HOURS));
-        conn.prepare_cached("DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND created_at < ?3")?
-            .execute(params![r.scope, r.key, cutoff])?;
-        conn.prepare_cached(
-            "INSERT INTO idempotency (scope, key, request_hash, status, body, location, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![r.scope, r.key, r.request_hash, r.status, r.body, r.location, micros(r.created_at)])
-        .map_err(conflict)?;
+        insert_idempotency(conn, r).map_err(conflict)?;
     }
     Ok(version.to_string())
+}
+
+/// Stores the first answer to an Idempotency-Key (replacing an expired one).
+pub(super) fn insert_idempotency(conn: &Connection, r: &IdempotencyRecord) -> rusqlite::Result<()> {
+    let cutoff = micros(r.created_at - Duration::hours(IDEMPOTENCY_TTL_HOURS));
+    conn.prepare_cached("DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND created_at < ?3")?
+        .execute(params![r.scope, r.key, cutoff])?;
+    conn.prepare_cached(
+        "INSERT INTO idempotency (scope, key, request_hash, status, body, location, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![r.scope, r.key, r.request_hash, r.status, r.body, r.location, micros(r.created_at)])?;
+    Ok(())
 }
 
 #[async_trait::async_trait]

@@ -13,10 +13,11 @@ mod clients;
 mod customers;
 mod insights;
 mod search;
+mod sync;
 mod webhooks;
 
 /// Each area's schema; run in order, idempotently, at open.
-const SCHEMA: &[&str] = &[customers::SCHEMA, clients::SCHEMA, insights::SCHEMA, webhooks::SCHEMA];
+const SCHEMA: &[&str] = &[customers::SCHEMA, clients::SCHEMA, insights::SCHEMA, webhooks::SCHEMA, sync::SCHEMA];
 
 /// Writes grouped into one transaction at most.
 const MAX_BATCH: usize = 512;
