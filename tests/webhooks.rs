@@ -510,6 +510,7 @@ async fn loopback_is_refused_at_delivery_time_when_not_allowed() {
             auth: customer360::auth::Auth::new(svc.app.store.clone(), svc.app.keys.clone(), svc.app.clock.clone(), &svc.app.config),
             limiter: customer360::ratelimit::RateLimiter::per_minute(10, svc.app.clock.clone()),
             token_limiter: customer360::ratelimit::RateLimiter::per_minute(10, svc.app.clock.clone()),
+            queue: svc.app.queue.clone(),
         }
     };
     let r = customer360::webhooks::dispatch_once(&strict).await.unwrap();
