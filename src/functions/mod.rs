@@ -57,6 +57,10 @@ pub async fn invoke(app: &App, req: &Req, name: &str) -> Result<Resp> {
         return Err(crate::api::method_not_allowed("POST"));
     }
     let inv = parse_invocation(req)?;
+    // A timer trigger's binding is `{Schedule, ScheduleStatus, IsPastDue}`.
+    if inv.data.get("timer").is_some_and(|t| !t.is_object()) {
+        return Err(ApiError::field("Data.timer", "Expected an object", "Esperado um objeto"));
+    }
     match name {
         "SyncWorker" => sync_worker::run(app, &inv).await,
         "IncrementalSync" => sync_worker::incremental(app, &inv).await,
