@@ -1,9 +1,10 @@
 //! `/api/customers`: list, get, create, merge-patch.
+use super::idempotency::{created, Idempotency};
 use super::{json_response, method_not_allowed, Req, Resp};
 use crate::domain::{self, Customer, CustomerFields, StageChange};
 use crate::error::{ApiError, Code, FieldError, Result};
 use crate::store::{
-    CustomerWrite, IdempotencyRecord, ListQuery, Order, OutboxEvent, SortField, SortKey, Start, StoreError, WriteKind,
+    CustomerWrite, ListQuery, Order, OutboxEvent, SortField, SortKey, Start, StoreError, WriteKind,
 };
 use crate::App;
 use base64::Engine;
@@ -12,7 +13,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use http::{HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 pub const MAX_PAGE_SIZE: u32 = 200;
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -220,36 +220,6 @@ pub fn event(event_type: &str, at: DateTime<Utc>, data: Value) -> OutboxEvent {
     }
 }
 
-pub(crate) fn idempotency_key(req: &Req) -> Result<Option<String>> {
-    match req.header("idempotency-key") {
-        None => Ok(None),
-        Some(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b)) => Ok(Some(k.to_string())),
-        Some(_) => Err(ApiError::field(
-            "Idempotency-Key",
-            "Expected 1 to 255 visible ASCII characters",
-            "Esperado de 1 a 255 caracteres ASCII visíveis",
-        )),
-    }
-}
-
-pub(crate) fn replay(rec: &IdempotencyRecord, hash: &str) -> Result<Resp> {
-    if rec.request_hash != hash {
-        return Err(ApiError::new(
-            Code::IdempotencyKeyReused,
-            "This Idempotency-Key was already used with a different request body",
-            "Esta Idempotency-Key já foi usada com outro corpo de requisição",
-        ));
-    }
-    let mut r = http::Response::new(Bytes::from(rec.body.clone()));
-    *r.status_mut() = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
-    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
-    r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    if let Some(loc) = rec.location.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
-        r.headers_mut().insert("location", loc);
-    }
-    Ok(r)
-}
-
 fn conflict(e: StoreError) -> ApiError {
     match e {
         StoreError::Conflict { field, existing_id } if field == "email" || field == "externalId" => ApiError::new(
@@ -266,49 +236,24 @@ fn conflict(e: StoreError) -> ApiError {
 async fn create(app: &App, req: &Req) -> Result<Resp> {
     let principal = req.require(&["customer.write"])?;
     let body = req.json(&[])?;
-    let idem = idempotency_key(req)?;
-    let scope = format!("{}:POST /api/customers", principal.client_id);
-    let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
-    if let Some(key) = &idem {
-        if let Some(rec) = app.store.get_idempotency(&scope, key).await? {
-            return replay(&rec, &hash);
-        }
+    let idem = Idempotency::of(req, &principal.client_id, "POST /api/customers", &body)?;
+    if let Some(first) = idem.replay_if_seen(app).await? {
+        return Ok(first);
     }
     let fields = domain::parse_fields(&body, false).map_err(ApiError::validation)?;
     let now = app.clock.now();
     let id = crate::ids::new_id("cstm");
     let location = format!("/api/customers/{id}");
     let resp_body = json!({ "id": id }).to_string();
-    let mut write = new_customer_write(fields.into_new_customer(id.clone(), now), now);
-    write.idempotency = idem.as_ref().map(|key| IdempotencyRecord {
-        scope: scope.clone(),
-        key: key.clone(),
-        request_hash: hash.clone(),
-        status: 201,
-        body: resp_body.clone(),
-        location: Some(location.clone()),
-        created_at: now,
-    });
+    let mut write = new_customer_write(fields.into_new_customer(id, now), now);
+    write.idempotency = idem.record(201, &resp_body, &location, now);
     match app.store.write_customer(write).await {
         Ok(etag) => {
-            let mut r = http::Response::new(Bytes::from(resp_body));
-            *r.status_mut() = StatusCode::CREATED;
-            let h = r.headers_mut();
-            h.insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
-            h.insert("etag", etag_header(&etag));
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                h.insert("location", v);
-            }
+            let mut r = created(StatusCode::CREATED, resp_body, Some(&location));
+            r.headers_mut().insert("etag", etag_header(&etag));
             Ok(r)
         }
-        // A concurrent request with the same key won the race: answer as it did.
-        Err(StoreError::Conflict { field: "idempotencyKey", .. }) => {
-            let key = idem.unwrap_or_default();
-            match app.store.get_idempotency(&scope, &key).await? {
-                Some(rec) => replay(&rec, &hash),
-                None => Err(ApiError::internal("idempotency record vanished")),
-            }
-        }
+        Err(StoreError::Conflict { field: "idempotencyKey", .. }) => idem.lost_race(app).await,
         Err(e) => Err(conflict(e)),
     }
 }

@@ -15,6 +15,7 @@ use warp::{Buf, Filter};
 
 pub mod customers;
 pub mod health;
+pub mod idempotency;
 pub mod insights;
 pub mod opportunities;
 pub mod sync;

@@ -1,14 +1,13 @@
 //! `/api/sync`: queue a sync job, read one, list recent ones.
-use super::customers::{idempotency_key, replay, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::customers::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::idempotency::{created, Idempotency};
 use super::{json_response, method_not_allowed, Req, Resp};
 use crate::error::{ApiError, FieldError, Result};
-use crate::store::{IdempotencyRecord, StoreError, SyncEntity, SyncJob, SyncMode};
+use crate::store::{StoreError, SyncEntity, SyncJob, SyncMode};
 use crate::App;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http::{HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 pub async fn handle(app: &App, req: &Req, rest: &[&str]) -> Result<Resp> {
     match (rest, &req.method) {
@@ -124,13 +123,9 @@ fn parse_request(body: &Value, now: DateTime<Utc>) -> Result<SyncRequest> {
 async fn create(app: &App, req: &Req) -> Result<Resp> {
     let principal = req.require(&["sync.write"])?;
     let body = req.json(&[])?;
-    let idem = idempotency_key(req)?;
-    let scope = format!("{}:POST /api/sync", principal.client_id);
-    let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
-    if let Some(key) = &idem {
-        if let Some(rec) = app.store.get_idempotency(&scope, key).await? {
-            return replay(&rec, &hash);
-        }
+    let idem = Idempotency::of(req, &principal.client_id, "POST /api/sync", &body)?;
+    if let Some(first) = idem.replay_if_seen(app).await? {
+        return Ok(first);
     }
     let now = app.clock.now();
     let r = parse_request(&body, now)?;
@@ -141,33 +136,10 @@ async fn create(app: &App, req: &Req) -> Result<Resp> {
     let job = SyncJob::new(crate::ids::new_id("sync"), r.entity, r.mode, since, now);
     let location = format!("/api/sync/{}", job.id);
     let resp_body = json!({ "jobId": job.id, "status": "queued" }).to_string();
-    let record = idem.as_ref().map(|key| IdempotencyRecord {
-        scope: scope.clone(),
-        key: key.clone(),
-        request_hash: hash.clone(),
-        status: 202,
-        body: resp_body.clone(),
-        location: Some(location.clone()),
-        created_at: now,
-    });
+    let record = idem.record(202, &resp_body, &location, now);
     match crate::sync::queue_job(app, job, record).await {
-        Ok(_) => {
-            let mut resp = http::Response::new(Bytes::from(resp_body));
-            *resp.status_mut() = StatusCode::ACCEPTED;
-            let h = resp.headers_mut();
-            h.insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                h.insert("location", v);
-            }
-            Ok(resp)
-        }
-        // A concurrent request with the same key won the race: answer as it did.
-        Err(StoreError::Conflict { field: "idempotencyKey", .. }) => {
-            match app.store.get_idempotency(&scope, idem.as_deref().unwrap_or_default()).await? {
-                Some(rec) => replay(&rec, &hash),
-                None => Err(StoreError::Internal("idempotency record vanished".into()).into()),
-            }
-        }
+        Ok(_) => Ok(created(StatusCode::ACCEPTED, resp_body, Some(&location))),
+        Err(StoreError::Conflict { field: "idempotencyKey", .. }) => idem.lost_race(app).await,
         Err(e) => Err(e.into()),
     }
 }
