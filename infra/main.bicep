@@ -64,11 +64,19 @@ param tokenTtlSeconds int = 3600
 @description('Requests per minute per client/IP.')
 param rateLimitPerMinute int = 600
 
+@description('Requests per minute per client/IP to POST /api/auth/token (a tighter limit against credential guessing).')
+@minValue(1)
+param tokenRateLimitPerMinute int = 60
+
 @description('Comma-separated CORS origins the API allows. Empty = no cross-origin access.')
 param corsAllowedOrigins string = ''
 
 @description('How often the app re-reads Key Vault secrets, seconds (rotation takes effect within this time).')
 param secretsRefreshSeconds int = 300
+
+@description('How long token validation trusts a cached API client state, seconds (bounds how long a revocation takes to reach every instance).')
+@minValue(0)
+param clientCacheSeconds int = 30
 
 @description('NCRONTAB (UTC, six fields) of the incremental sync timer.')
 param incrementalSyncSchedule string = '0 */15 * * * *'
@@ -78,6 +86,24 @@ param webhookDispatchSchedule string = '*/15 * * * * *'
 
 @description('Base URL of the external CRM connector. Empty = no connector.')
 param connectorBaseUrl string = ''
+
+@description('How long one connector request (a page) may take before it is retried, ms.')
+@minValue(1)
+param connectorTimeoutMs int = 30000
+
+@description('Tries per connector page before a sync job fails.')
+@minValue(1)
+@maxValue(20)
+param connectorMaxAttempts int = 5
+
+@description('First connector retry delay, ms; each next retry waits twice as long (with jitter).')
+@minValue(0)
+param connectorRetryBaseMs int = 500
+
+@description('How long one webhook delivery attempt may take, ms.')
+@minValue(100)
+@maxValue(10000)
+param webhookTimeoutMs int = 10000
 
 @description('API key of the external CRM connector, stored as Key Vault secret connector-api-key. Empty = not written.')
 @secure()
@@ -253,6 +279,11 @@ var appSettings = [
     value: identityClientId
   }
   {
+    // The user-assigned identity of AZURE_CLIENT_ID, never a developer login.
+    name: 'AZURE_CREDENTIAL'
+    value: 'managedidentity'
+  }
+  {
     name: 'SERVICEBUS_NAMESPACE'
     value: serviceBus.outputs.fullyQualifiedNamespace
   }
@@ -313,12 +344,20 @@ var appSettings = [
     value: string(rateLimitPerMinute)
   }
   {
+    name: 'TOKEN_RATE_LIMIT_PER_MINUTE'
+    value: string(tokenRateLimitPerMinute)
+  }
+  {
     name: 'CORS_ALLOWED_ORIGINS'
     value: corsAllowedOrigins
   }
   {
     name: 'SECRETS_REFRESH_SECONDS'
     value: string(secretsRefreshSeconds)
+  }
+  {
+    name: 'CLIENT_CACHE_SECONDS'
+    value: string(clientCacheSeconds)
   }
   {
     name: 'INCREMENTAL_SYNC_SCHEDULE'
@@ -331,6 +370,22 @@ var appSettings = [
   {
     name: 'CONNECTOR_BASE_URL'
     value: connectorBaseUrl
+  }
+  {
+    name: 'WEBHOOK_TIMEOUT_MS'
+    value: string(webhookTimeoutMs)
+  }
+  {
+    name: 'CONNECTOR_TIMEOUT_MS'
+    value: string(connectorTimeoutMs)
+  }
+  {
+    name: 'CONNECTOR_MAX_ATTEMPTS'
+    value: string(connectorMaxAttempts)
+  }
+  {
+    name: 'CONNECTOR_RETRY_BASE_MS'
+    value: string(connectorRetryBaseMs)
   }
   {
     // Read back from the deployed queue, so it cannot differ from maxDeliveryCount.

@@ -69,11 +69,18 @@ SETTING_LITERALS = {
     "STORE": "cosmos",
     "ServiceBusConnection__credential": "managedidentity",
     "AzureWebJobsStorage__credential": "managedidentity",
+    "AZURE_CREDENTIAL": "managedidentity",
 }
 # Settings set from a main.bicep parameter, with the parameter's required default.
 SETTING_PARAM_DEFAULTS = {
     "TOKEN_TTL_SECONDS": 3600,
     "RATE_LIMIT_PER_MINUTE": 600,
+    "TOKEN_RATE_LIMIT_PER_MINUTE": 60,
+    "CLIENT_CACHE_SECONDS": 30,
+    "WEBHOOK_TIMEOUT_MS": 10000,
+    "CONNECTOR_TIMEOUT_MS": 30000,
+    "CONNECTOR_MAX_ATTEMPTS": 5,
+    "CONNECTOR_RETRY_BASE_MS": 500,
     "CORS_ALLOWED_ORIGINS": "",
     "SECRETS_REFRESH_SECONDS": 300,
     "INCREMENTAL_SYNC_SCHEDULE": "0 */15 * * * *",
@@ -82,6 +89,10 @@ SETTING_PARAM_DEFAULTS = {
     "RUST_LOG": "info",
     "JWT_AUDIENCE": ...,  # any default
     "JWT_ISSUER": ...,
+}
+# Settings whose value check_app_setting_values does not check, with the reason.
+SETTING_VALUES_UNCHECKED = {
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "built from the identity client id in a string template",
 }
 FORBIDDEN_SETTINGS = {"FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "AzureWebJobsStorage",
                       "WEBSITE_RUN_FROM_PACKAGE", "ServiceBusConnection", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING"}
@@ -775,6 +786,15 @@ def test_contract_lists_every_required_setting():
     assert not names & FORBIDDEN_SETTINGS
 
 
+def test_every_contract_setting_has_a_checked_value_source():
+    # A new setting must say where its value comes from (module output, literal or parameter),
+    # or check_app_setting_values would let any value through.
+    known = set(SETTING_SOURCES) | set(SETTING_LITERALS) | set(SETTING_PARAM_DEFAULTS) | set(SETTING_VALUES_UNCHECKED)
+    names = {e["name"] for e in contract(INFRA)}
+    assert not names - known, f"no value source declared in test_bicep.py for {sorted(names - known)}"
+    assert not known - names, f"value sources declared for settings not in the contract: {sorted(known - names)}"
+
+
 def test_every_check_is_exercised_by_a_mutation():
     covered = {m[3] for m in MUTATIONS}
     assert covered == set(CHECKS), f"checks without a mutation case: {sorted(set(CHECKS) - covered)}"
@@ -805,6 +825,10 @@ MUTATIONS = [
      "var identityClientId = identity.outputs.principalId"),
     ("ttl-default", "main.bicep", "param tokenTtlSeconds int = 3600", "app_setting_values",
      "param tokenTtlSeconds int = 7200"),
+    ("credential-developer", "main.bicep", "    name: 'AZURE_CREDENTIAL'\n    value: 'managedidentity'\n",
+     "app_setting_values", "    name: 'AZURE_CREDENTIAL'\n    value: 'developer'\n"),
+    ("connector-attempts-literal", "main.bicep", "value: string(connectorMaxAttempts)", "app_setting_values",
+     "value: '5'"),
     ("delivery-count-literal", "main.bicep", "value: string(serviceBus.outputs.maxDeliveryCount)",
      "app_setting_values", "value: '10'"),
     ("database-literal", "modules/cosmos.bicep", "  name: config.database\n", "app_setting_values",
