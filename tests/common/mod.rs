@@ -19,6 +19,21 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `C360_TEST_STORE=cosmos-emulator` runs the same HTTP tests against the binary on the Cosmos
+/// adapter (the SDK's in-process emulator, which lives and dies with the process).
+pub fn test_store() -> Option<String> {
+    std::env::var("C360_TEST_STORE").ok().filter(|s| !s.is_empty() && s != "sqlite")
+}
+
+/// Tests about what survives a restart only mean something on a store that outlives the process.
+pub fn store_survives_restart() -> bool {
+    if test_store().is_some() {
+        eprintln!("not run on {:?}: the in-process emulator does not outlive the process", test_store());
+        return false;
+    }
+    true
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_customer360")
 }
@@ -49,6 +64,7 @@ impl Server {
             .env("RUST_LOG", "info")
             .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
             .env_remove("STORE")
+            .envs(test_store().map(|s| ("STORE", s)))
             .stdout(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stdout.log")).unwrap())
             .stderr(Stdio::null());
         for (k, v) in &env {
