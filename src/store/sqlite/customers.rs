@@ -143,15 +143,19 @@ pub(super) fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<S
             if fts_changed {
                 let old_ext = old.external_id.as_ref().map(|e| e.to_lowercase());
                 old_text = Some(super::search::Searchable::new(&old.name_key(), old.email.as_deref(), old_ext.as_deref()));
-                conn.prepare_cached("DELETE FROM customers_fts WHERE rowid = ?1")?.execute([seq])?;
+                super::search::defer_fts(super::search::FtsOp::Delete(seq));
             }
             (seq, version + 1, fts_changed)
         }
     };
     if fts_changed {
         super::search::record((old_text, Some(super::search::Searchable::new(&c.name_key(), c.email.as_deref(), ext_key.as_deref()))));
-        conn.prepare_cached("INSERT INTO customers_fts (rowid, name, email, external_id) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![seq, c.name, c.email, c.external_id])?;
+        super::search::defer_fts(super::search::FtsOp::Insert {
+            seq,
+            name: c.name.clone(),
+            email: c.email.clone(),
+            external_id: c.external_id.clone(),
+        });
     }
     for s in &w.stage_changes {
         conn.prepare_cached("INSERT INTO stage_changes (customer_id, from_stage, to_stage, at) VALUES (?1, ?2, ?3, ?4)")?
@@ -358,10 +362,17 @@ fn list(conn: &Connection, q: &ListQuery, known_total: Option<u64>) -> StoreResu
             0
         }
     };
-    let where_ = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
-    let sql = format!(
-        "SELECT c.doc, c.version FROM customers c {where_} ORDER BY c.{col} {dir}, c.id {dir} LIMIT ? OFFSET ?"
-    );
+    let sql = if filters.is_empty() {
+        // Skip the offset on the covering sort index, then read only the page's rows.
+        format!(
+            "SELECT c.doc, c.version FROM customers c WHERE c.seq IN
+               (SELECT seq FROM customers ORDER BY {col} {dir}, id {dir} LIMIT ? OFFSET ?)
+             ORDER BY c.{col} {dir}, c.id {dir}"
+        )
+    } else {
+        let where_ = format!("WHERE {}", filters.join(" AND "));
+        format!("SELECT c.doc, c.version FROM customers c {where_} ORDER BY c.{col} {dir}, c.id {dir} LIMIT ? OFFSET ?")
+    };
     args.push(Box::new(q.limit as i64));
     args.push(Box::new(offset.min(i64::MAX as u64) as i64));
     let mut stmt = conn.prepare_cached(&sql)?;

@@ -56,8 +56,10 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(
+        // No mmap: a mapping per connection is re-made each time the file grows and counts every
+        // touched page once per connection in RSS; the OS page cache serves reads as well.
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
-         PRAGMA cache_size=-65536; PRAGMA mmap_size=1073741824; PRAGMA temp_store=MEMORY;",
+         PRAGMA cache_size=-16384; PRAGMA mmap_size=0; PRAGMA temp_store=MEMORY;",
     )?;
     Ok(conn)
 }
@@ -290,6 +292,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, hot: &search:
         let (mut later, mut batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.after_commit());
         let committed = if batch.is_empty() { Ok(()) } else { run_batch(&conn, &mut batch) };
         hot.commit(committed.is_ok());
+        search::discard();
         if let Err(e) = &committed {
             tracing::error!(error = %e, writes = batch.len(), "write batch failed");
         }
@@ -323,7 +326,7 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
             return Err(e.into());
         }
     }
-    if let Err(e) = conn.execute_batch("COMMIT") {
+    if let Err(e) = search::flush_fts(conn).and_then(|_| conn.execute_batch("COMMIT")) {
         let _ = conn.execute_batch("ROLLBACK");
         return Err(e.into());
     }

@@ -31,23 +31,73 @@ impl Searchable {
 /// A committed write's effect on searchable text: (before, after); None for absent.
 pub(super) type TextChange = (Option<Searchable>, Option<Searchable>);
 
+/// A change to the trigram index, applied once per batch: FTS5 flushes its pending terms at
+/// every savepoint, so writing the index inside each write's savepoint would cost a flush (and
+/// a new index segment) per customer.
+#[derive(Debug)]
+pub(super) enum FtsOp {
+    Delete(i64),
+    Insert { seq: i64, name: String, email: Option<String>, external_id: Option<String> },
+}
+
+#[derive(Default)]
+struct Pending {
+    text: Vec<TextChange>,
+    fts: Vec<FtsOp>,
+}
+
 thread_local! {
-    /// Changes made by the writer's current transaction, applied to the counts at commit.
-    static PENDING: RefCell<Vec<TextChange>> = const { RefCell::new(Vec::new()) };
+    /// What the writer's current transaction has done to searchable text, for the counts (at
+    /// commit) and for the trigram index (just before commit).
+    static PENDING: RefCell<Pending> = RefCell::new(Pending::default());
 }
 
 /// Called by a write running on the writer thread.
 pub(super) fn record(change: TextChange) {
-    PENDING.with(|p| p.borrow_mut().push(change));
+    PENDING.with(|p| p.borrow_mut().text.push(change));
 }
 
-pub(super) fn pending_mark() -> usize {
-    PENDING.with(|p| p.borrow().len())
+/// Called by a write running on the writer thread instead of touching the index itself.
+pub(super) fn defer_fts(op: FtsOp) {
+    PENDING.with(|p| p.borrow_mut().fts.push(op));
+}
+
+pub(super) fn pending_mark() -> (usize, usize) {
+    PENDING.with(|p| {
+        let p = p.borrow();
+        (p.text.len(), p.fts.len())
+    })
 }
 
 /// Forgets what a rolled-back savepoint recorded.
-pub(super) fn rollback_to(mark: usize) {
-    PENDING.with(|p| p.borrow_mut().truncate(mark));
+pub(super) fn rollback_to(mark: (usize, usize)) {
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        p.text.truncate(mark.0);
+        p.fts.truncate(mark.1);
+    });
+}
+
+/// Writes the batch's index changes, in order, inside its transaction.
+pub(super) fn flush_fts(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let ops = PENDING.with(|p| std::mem::take(&mut p.borrow_mut().fts));
+    for op in ops {
+        match op {
+            FtsOp::Delete(seq) => {
+                conn.prepare_cached("DELETE FROM customers_fts WHERE rowid = ?1")?.execute([seq])?;
+            }
+            FtsOp::Insert { seq, name, email, external_id } => {
+                conn.prepare_cached("INSERT INTO customers_fts (rowid, name, email, external_id) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(rusqlite::params![seq, name, email, external_id])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops everything pending (a batch that did not commit).
+pub(super) fn discard() {
+    PENDING.with(|p| *p.borrow_mut() = Pending::default());
 }
 
 #[derive(Default)]
@@ -66,7 +116,7 @@ impl HotCounts {
 
     /// Applies the committed transaction's changes (or drops them if it failed).
     pub(super) fn commit(&self, committed: bool) {
-        let changes = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        let changes = PENDING.with(|p| std::mem::take(&mut p.borrow_mut().text));
         if !committed || changes.is_empty() {
             return;
         }
