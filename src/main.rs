@@ -2,6 +2,9 @@ use clap::{Parser, Subcommand};
 use customer360::{auth, clock::SystemClock, config::Config, secrets};
 use std::sync::Arc;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "customer360", version, about = "Customer360 CRM intelligence API")]
 struct Cli {

@@ -154,18 +154,29 @@ async fn list(app: &App, req: &Req) -> Result<Resp> {
         })),
         _ => None,
     };
-    let data: Vec<Value> = page.items.iter().map(Customer::to_summary).collect();
     Ok(json_response(
         StatusCode::OK,
-        &json!({
-            "page": p.page,
-            "pageSize": p.page_size,
-            "total": page.total,
-            "totalPages": total_pages,
-            "nextCursor": next_cursor,
-            "data": data,
-        }),
+        &CustomerList {
+            page: p.page,
+            page_size: p.page_size,
+            total: page.total,
+            total_pages,
+            next_cursor,
+            data: page.items.iter().map(Customer::summary).collect(),
+        },
     ))
+}
+
+/// The list answer, in the spec's key order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CustomerList<'a> {
+    page: u64,
+    page_size: u32,
+    total: u64,
+    total_pages: u64,
+    next_cursor: Option<String>,
+    data: Vec<domain::CustomerSummary<'a>>,
 }
 
 fn etag_header(etag: &str) -> HeaderValue {
@@ -200,7 +211,7 @@ async fn get(app: &App, req: &Req, id: &str) -> Result<Resp> {
             return Ok(r);
         }
     }
-    let mut r = json_response(StatusCode::OK, &c.to_api());
+    let mut r = json_response(StatusCode::OK, &c.view());
     r.headers_mut().insert("etag", etag_header(&c.etag));
     Ok(r)
 }

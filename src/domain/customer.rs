@@ -76,32 +76,66 @@ pub struct Customer {
 impl Customer {
     /// The full API representation (`GET /customers/{id}`).
     pub fn to_api(&self) -> Value {
-        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let Value::Object(m) = &mut v {
-            m.remove("convertedAt");
+        serde_json::to_value(self.view()).unwrap_or(Value::Null)
+    }
+
+    /// The full API representation, borrowed, to serialise without building a `Value`.
+    pub fn view(&self) -> CustomerView<'_> {
+        CustomerView {
+            summary: self.summary(),
+            billing_address: self.billing_address.as_ref(),
+            tags: &self.tags,
+            custom_fields: &self.custom_fields,
         }
-        v
     }
 
     /// The list representation: the summary fields of the spec's list example.
-    pub fn to_summary(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "externalId": self.external_id,
-            "name": self.name,
-            "email": self.email,
-            "phone": self.phone,
-            "lifecycleStage": self.lifecycle_stage,
-            "engagementScore": self.engagement_score,
-            "createdAt": self.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-            "updatedAt": self.updated_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        })
+    pub fn summary(&self) -> CustomerSummary<'_> {
+        CustomerSummary {
+            id: &self.id,
+            external_id: self.external_id.as_deref(),
+            name: &self.name,
+            email: self.email.as_deref(),
+            phone: self.phone.as_deref(),
+            lifecycle_stage: self.lifecycle_stage,
+            engagement_score: self.engagement_score,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
     }
 
     /// Lower-cased name: the sort key for `sort=name`, the same on every store.
     pub fn name_key(&self) -> String {
         self.name.to_lowercase()
     }
+}
+
+/// A customer as lists show it (the spec's list example).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerSummary<'a> {
+    pub id: &'a str,
+    pub external_id: Option<&'a str>,
+    pub name: &'a str,
+    pub email: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub lifecycle_stage: LifecycleStage,
+    pub engagement_score: u8,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A customer as `GET /customers/{id}` shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerView<'a> {
+    #[serde(flatten)]
+    pub summary: CustomerSummary<'a>,
+    pub billing_address: Option<&'a BillingAddress>,
+    pub tags: &'a [String],
+    pub custom_fields: &'a Map<String, Value>,
 }
 
 pub const MAX_TAGS: usize = 50;
