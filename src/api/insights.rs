@@ -5,8 +5,8 @@ use crate::error::{ApiError, FieldError, Result};
 use crate::App;
 use chrono::{Datelike, Duration, NaiveDate};
 use http::{Method, StatusCode};
-use serde_json::{json, Value};
-use std::collections::HashMap;
+use serde::Serialize;
+use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupBy {
@@ -94,7 +94,7 @@ pub async fn handle(app: &App, req: &Req) -> Result<Resp> {
         return Err(ApiError::field("to", "The range may span at most 2 years", "O intervalo pode ter no máximo 2 anos"));
     }
     let rows = app.store.rollups(from, to).await?;
-    Ok(json_response(StatusCode::OK, &compute(from, to, group_by, &rows)))
+    Ok(json_response(StatusCode::OK, &insights(from, to, group_by, &rows)))
 }
 
 fn round(x: f64, decimals: i32) -> f64 {
@@ -102,49 +102,110 @@ fn round(x: f64, decimals: i32) -> f64 {
     (x * f).round() / f
 }
 
-/// The response body from rollup rows (day, metric, value) of [from, to].
+/// Which trend row holds `day` (days, ISO weeks or months since the first bucket).
+fn bucket_index(group_by: GroupBy, first: NaiveDate, day: NaiveDate) -> usize {
+    let n = match group_by {
+        GroupBy::Day => (day - first).num_days(),
+        GroupBy::Week => (group_by.bucket_start(day) - first).num_days() / 7,
+        GroupBy::Month => (day.year() as i64 * 12 + day.month0() as i64) - (first.year() as i64 * 12 + first.month0() as i64),
+    };
+    n.max(0) as usize
+}
+
+#[derive(Serialize)]
+struct Period {
+    from: String,
+    to: String,
+    #[serde(rename = "groupBy")]
+    group_by: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Kpis {
+    total_leads: i64,
+    conversion_rate: f64,
+    avg_sales_cycle_days: Option<f64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Bucket {
+    score_range: &'static str,
+    count: i64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TrendRow {
+    date: String,
+    new_leads: i64,
+    opportunities: i64,
+    closed_won: i64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Insights {
+    period: Period,
+    kpis: Kpis,
+    engagement_distribution: [Bucket; 4],
+    trend: Vec<TrendRow>,
+}
+
+/// The response from rollup rows (day, metric, value) of [from, to].
 pub fn compute(from: NaiveDate, to: NaiveDate, group_by: GroupBy, rows: &[(NaiveDate, Metric, i64)]) -> Value {
-    let mut totals: HashMap<Metric, i64> = HashMap::new();
-    let mut per_bucket: HashMap<(NaiveDate, Metric), i64> = HashMap::new();
+    serde_json::to_value(insights(from, to, group_by, rows)).unwrap_or(Value::Null)
+}
+
+pub fn insights(from: NaiveDate, to: NaiveDate, group_by: GroupBy, rows: &[(NaiveDate, Metric, i64)]) -> Insights {
+    const M: usize = Metric::ALL.len();
+    let first = group_by.bucket_start(from);
+    let mut starts = Vec::new();
+    let mut start = first;
+    while start <= to {
+        starts.push(start);
+        start = group_by.next_start(start);
+    }
+    let mut totals = [0i64; M];
+    let mut per_bucket = vec![[0i64; M]; starts.len()];
     for (day, metric, value) in rows {
         if *day < from || *day > to {
             continue;
         }
-        *totals.entry(*metric).or_default() += value;
-        *per_bucket.entry((group_by.bucket_start(*day), *metric)).or_default() += value;
+        let m = *metric as usize;
+        totals[m] += value;
+        if let Some(b) = per_bucket.get_mut(bucket_index(group_by, first, *day)) {
+            b[m] += value;
+        }
     }
-    let t = |m: Metric| totals.get(&m).copied().unwrap_or(0).max(0);
+    let t = |m: Metric| totals[m as usize].max(0);
     let leads = t(Metric::NewLeads);
     let converted = t(Metric::Converted);
-    let conversion = if leads == 0 { 0.0 } else { round(converted as f64 / leads as f64, 3) };
-    let cycle = if converted == 0 {
-        Value::Null
-    } else {
-        json!(round(t(Metric::CycleSeconds) as f64 / converted as f64 / 86_400.0, 1))
-    };
-    let mut trend = Vec::new();
-    let mut start = group_by.bucket_start(from);
-    while start <= to {
-        let b = |m: Metric| per_bucket.get(&(start, m)).copied().unwrap_or(0);
-        trend.push(json!({
-            "date": start.max(from).to_string(),
-            "newLeads": b(Metric::NewLeads),
-            "opportunities": b(Metric::Opportunities),
-            "closedWon": b(Metric::ClosedWon),
-        }));
-        start = group_by.next_start(start);
-    }
-    json!({
-        "period": { "from": from.to_string(), "to": to.to_string(), "groupBy": group_by.as_str() },
-        "kpis": { "totalLeads": leads, "conversionRate": conversion, "avgSalesCycleDays": cycle },
-        "engagementDistribution": [
-            { "scoreRange": "0-25", "count": t(Metric::Bucket0To25) },
-            { "scoreRange": "26-50", "count": t(Metric::Bucket26To50) },
-            { "scoreRange": "51-75", "count": t(Metric::Bucket51To75) },
-            { "scoreRange": "76-100", "count": t(Metric::Bucket76To100) },
+    let conversion_rate = if leads == 0 { 0.0 } else { round(converted as f64 / leads as f64, 3) };
+    let avg_sales_cycle_days =
+        (converted > 0).then(|| round(t(Metric::CycleSeconds) as f64 / converted as f64 / 86_400.0, 1));
+    let trend = starts
+        .iter()
+        .zip(&per_bucket)
+        .map(|(start, b)| TrendRow {
+            date: (*start).max(from).to_string(),
+            new_leads: b[Metric::NewLeads as usize],
+            opportunities: b[Metric::Opportunities as usize],
+            closed_won: b[Metric::ClosedWon as usize],
+        })
+        .collect();
+    Insights {
+        period: Period { from: from.to_string(), to: to.to_string(), group_by: group_by.as_str() },
+        kpis: Kpis { total_leads: leads, conversion_rate, avg_sales_cycle_days },
+        engagement_distribution: [
+            Bucket { score_range: "0-25", count: t(Metric::Bucket0To25) },
+            Bucket { score_range: "26-50", count: t(Metric::Bucket26To50) },
+            Bucket { score_range: "51-75", count: t(Metric::Bucket51To75) },
+            Bucket { score_range: "76-100", count: t(Metric::Bucket76To100) },
         ],
-        "trend": trend,
-    })
+        trend,
+    }
 }
 
 #[cfg(test)]
