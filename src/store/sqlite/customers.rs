@@ -19,8 +19,12 @@ CREATE TABLE IF NOT EXISTS customers (
   version INTEGER NOT NULL,
   doc TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS customers_by_created ON customers(created_at, id);
-CREATE INDEX IF NOT EXISTS customers_by_name ON customers(name_key, id);
+-- The sort indexes also carry the searched columns, so a search for a common term walks the
+-- index in order and tests each entry without touching the table.
+DROP INDEX IF EXISTS customers_by_created;
+DROP INDEX IF EXISTS customers_by_name;
+CREATE INDEX IF NOT EXISTS customers_created_search ON customers(created_at, id, name_key, email, ext_key);
+CREATE INDEX IF NOT EXISTS customers_name_search ON customers(name_key, id, email, ext_key);
 CREATE VIRTUAL TABLE IF NOT EXISTS customers_fts USING fts5(
   name, email, external_id, content='', contentless_delete=1, tokenize='trigram');
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
