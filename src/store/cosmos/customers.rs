@@ -42,6 +42,16 @@ use serde_json::Value;
 const STALE_CLAIM: Duration = Duration::minutes(5);
 const IDEMPOTENCY_TTL_HOURS: i64 = 24;
 
+/// Where a simulated crash stops a write (failure tests only).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The customer document is committed; no side effect is applied.
+    AfterCommit,
+    /// Side effects applied, `pending` not cleared.
+    BeforeClear,
+}
+
 /// A stage change as stored inside the customer document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -369,6 +379,17 @@ impl CosmosStore {
     }
 
     async fn write(&self, w: CustomerWrite) -> StoreResult<String> {
+        self.write_until(w, None).await
+    }
+
+    /// For failure tests: performs `write_customer` but stops at `crash`, as a process that
+    /// dies there would. `repair_pending` (or the next write to the customer) finishes it.
+    #[doc(hidden)]
+    pub async fn write_with_crash(&self, w: CustomerWrite, crash: CrashPoint) -> StoreResult<String> {
+        self.write_until(w, Some(crash)).await
+    }
+
+    async fn write_until(&self, w: CustomerWrite, crash: Option<CrashPoint>) -> StoreResult<String> {
         let c = &w.customer;
         let write_id = ulid::Ulid::new().to_string();
         let now_us = micros(Utc::now());
@@ -453,10 +474,16 @@ impl CosmosStore {
             }
             Err(e) => return Err(self.undo(e.into(), &claimed, &c.id, idem.as_deref()).await),
         };
+        if crash == Some(CrashPoint::AfterCommit) {
+            return Ok(etag);
+        }
         // 4–5. Side effects, then clear `pending`. A failure here leaves `pending` for repair;
         // the write itself is committed, so it is reported as done.
         if let Err(e) = self.apply_pending(&c.id, &pending).await {
             tracing::warn!(target: "cosmos", customer = %c.id, error = %e, "side effects left pending for repair");
+            return Ok(etag);
+        }
+        if crash == Some(CrashPoint::BeforeClear) {
             return Ok(etag);
         }
         let clean = to_doc(c, &history, None)?;

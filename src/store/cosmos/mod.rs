@@ -24,6 +24,7 @@ use std::time::Duration;
 
 mod clients;
 mod customers;
+pub use customers::CrashPoint;
 mod insights;
 
 /// The container list shared with `infra/modules/cosmos.bicep`.
