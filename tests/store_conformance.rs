@@ -110,12 +110,18 @@ async fn unique_conflicts(s: Arc<dyn Store>) {
     // Same externalId, other case.
     let e = create(s, customer(3, "Other", Some("b@example.com"), Some("ext-a"), t0())).await.unwrap_err();
     assert_eq!(e, StoreError::Conflict { field: "externalId", existing_id: a.id.clone() });
+    // Both taken, by different customers: email is reported.
+    let (x, _) = create(s, customer(7, "Xu", Some("x@example.com"), Some("EXT-X"), t0())).await.unwrap();
+    let e = create(s, customer(8, "Both", Some("x@example.com"), Some("ext-a"), t0())).await.unwrap_err();
+    assert_eq!(e, StoreError::Conflict { field: "email", existing_id: x.id.clone() });
+    let e = create(s, customer(8, "Both", Some("ana@example.com"), Some("ext-x"), t0())).await.unwrap_err();
+    assert_eq!(e, StoreError::Conflict { field: "email", existing_id: a.id.clone() });
     // The failed writes left nothing behind: their other values are free, and they do not count.
     assert!(s.get_customer(&customer(2, "", None, None, t0()).id).await.unwrap().is_none());
     let (b, _) = create(s, customer(4, "Bia", Some("b@example.com"), Some("EXT-B"), t0())).await.unwrap();
     let page = s.list_customers(&list(None, SortField::Name, Order::Asc, 10, Start::Offset(0))).await.unwrap();
-    assert_eq!(page.total, 2);
-    assert_eq!(page.items.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![a.id.clone(), b.id.clone()]);
+    assert_eq!(page.total, 3);
+    assert_eq!(page.items.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![a.id.clone(), b.id.clone(), x.id.clone()]);
     // An update cannot take another customer's value either.
     let e = update(s, &b, |c| c.email = Some("ana@example.com".into()), t0()).await.unwrap_err();
     assert_eq!(e, StoreError::Conflict { field: "email", existing_id: a.id.clone() });
