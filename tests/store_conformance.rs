@@ -90,6 +90,8 @@ async fn create_get_find(s: Arc<dyn Store>) {
     let (got, w) = create(s, c.clone()).await.unwrap();
     same_data(&got, &w.customer);
     assert!(!got.etag.is_empty());
+    // Opaque, and safe to put between the quotes of an ETag header.
+    assert!(got.etag.chars().all(|ch| ch.is_ascii_graphic() && ch != '"' && ch != ','), "{:?}", got.etag);
     let found = s.find_customer_by_external_id("crm-001").await.unwrap().expect("found case-insensitively");
     assert_eq!(found.id, c.id);
     assert_eq!(found.etag, got.etag);

@@ -143,8 +143,14 @@ fn to_doc(c: &Customer, history: &[StageRec], pending: Option<&Pending>) -> Stor
     Ok(v)
 }
 
+/// The customer's etag as the port hands it out: Cosmos's `_etag` without its quotes, so the
+/// API can quote it in an `ETag` header like any other store's.
+fn public_etag(raw: &str) -> String {
+    raw.trim_matches('"').to_string()
+}
+
 fn from_doc(v: Value) -> StoreResult<Customer> {
-    let etag = v.get("_etag").and_then(Value::as_str).unwrap_or_default().to_string();
+    let etag = public_etag(v.get("_etag").and_then(Value::as_str).unwrap_or_default());
     let mut c: Customer = serde_json::from_value(v).map_err(internal)?;
     c.etag = etag;
     Ok(c)
@@ -379,14 +385,14 @@ impl CosmosStore {
     }
 
     async fn write(&self, w: CustomerWrite) -> StoreResult<String> {
-        self.write_until(w, None).await
+        self.write_until(w, None).await.map(|e| public_etag(&e))
     }
 
     /// For failure tests: performs `write_customer` but stops at `crash`, as a process that
     /// dies there would. `repair_pending` (or the next write to the customer) finishes it.
     #[doc(hidden)]
     pub async fn write_with_crash(&self, w: CustomerWrite, crash: CrashPoint) -> StoreResult<String> {
-        self.write_until(w, Some(crash)).await
+        self.write_until(w, Some(crash)).await.map(|e| public_etag(&e))
     }
 
     async fn write_until(&self, w: CustomerWrite, crash: Option<CrashPoint>) -> StoreResult<String> {
@@ -401,7 +407,7 @@ impl CosmosStore {
             WriteKind::Update { expected_etag } => {
                 let Some(doc) = self.read_customer_doc(&c.id).await? else { return Err(StoreError::NotFound) };
                 let etag = doc.get("_etag").and_then(Value::as_str).unwrap_or_default().to_string();
-                if etag != *expected_etag {
+                if public_etag(&etag) != public_etag(expected_etag) {
                     return Err(StoreError::PreconditionFailed);
                 }
                 if let Some(p) = pending_of(&doc)? {
