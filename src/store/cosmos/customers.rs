@@ -350,7 +350,7 @@ impl CosmosStore {
     /// Applies and clears `pending` on every customer document that still has it. Safe to run
     /// at any time and from many instances; returns how many documents it repaired.
     pub async fn repair_pending(&self) -> StoreResult<usize> {
-        let q = Query::from("SELECT * FROM c WHERE IS_DEFINED(c.pending) AND NOT IS_NULL(c.pending)");
+        let q = Query::from("SELECT * FROM c WHERE IS_DEFINED(c.pending.writeId)");
         let docs: Vec<Value> = self.query(&self.customers, "customer.repair_scan", q, FeedScope::full_container(), None).await?;
         let mut n = 0;
         for doc in docs {

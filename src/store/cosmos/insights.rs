@@ -93,9 +93,8 @@ impl CosmosStore {
             if results.iter().all(|r| r.is_success()) {
                 return Ok(());
             }
-            match results.first().map(|r| r.status_code()) {
-                Some(409) => return Ok(()), // the marker exists: already applied
-                _ => {}
+            if results.first().map(|r| r.status_code()) == Some(409) {
+                return Ok(()); // the marker exists: already applied
             }
             let contended = results.iter().any(|r| matches!(r.status_code(), 409 | 412));
             if !contended {

@@ -423,3 +423,67 @@ impl super::Health for CosmosStore {
         // Every acknowledged write was already committed by Cosmos; nothing is buffered here.
     }
 }
+
+#[cfg(all(test, feature = "cosmos-emulator"))]
+mod tests {
+    use super::*;
+    use azure_core::http::StatusCode;
+    use azure_data_cosmos::CosmosStatus;
+    use std::sync::atomic::AtomicU32;
+
+    fn err(code: StatusCode) -> CosmosError {
+        CosmosError::builder().with_status(CosmosStatus::new(code)).build()
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_then_surface_as_unavailable() {
+        let store = CosmosStore::open_emulator("retries").await.unwrap();
+        // Throttled on every attempt: retried, then Unavailable.
+        let calls = AtomicU32::new(0);
+        let out = store
+            .call("test", || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(u8, f64), _>(err(StatusCode::TooManyRequests)) }
+            })
+            .await;
+        assert!(matches!(out, Err(CallError::Unavailable(_))), "{out:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), ATTEMPTS);
+        let e: StoreError = out.unwrap_err().into();
+        assert!(matches!(e, StoreError::Unavailable(_)));
+        // One 503, then success: the caller sees the success, and its charge is counted.
+        let calls = AtomicU32::new(0);
+        let before = store.request_charge_total();
+        let out = store
+            .call("test", || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move { if n == 0 { Err(err(StatusCode::ServiceUnavailable)) } else { Ok((7u8, 2.5)) } }
+            })
+            .await;
+        assert_eq!(out.unwrap().0, 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!((store.request_charge_total() - before - 2.5).abs() < 1e-9);
+        // Definitive answers are not retried.
+        for (code, want) in [(StatusCode::NotFound, "NotFound"), (StatusCode::Conflict, "Conflict"), (StatusCode::PreconditionFailed, "PreconditionFailed"), (StatusCode::BadRequest, "Other")] {
+            let calls = AtomicU32::new(0);
+            let out = store
+                .call("test", || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async move { Err::<(u8, f64), _>(err(code)) }
+                })
+                .await;
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "{code:?}");
+            assert!(format!("{:?}", out.unwrap_err()).starts_with(want), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn every_container_in_the_shared_list_is_valid() {
+        let file = containers_file().unwrap();
+        for name in ["customers", "uniques", "meta", "clients", "outbox", "idempotency"] {
+            let spec = file.containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("{name} missing"));
+            spec.properties().unwrap();
+        }
+        let idem = file.containers.iter().find(|c| c.name == "idempotency").unwrap();
+        assert_eq!(idem.default_ttl, Some(86_400), "idempotency records live 24 h");
+    }
+}
