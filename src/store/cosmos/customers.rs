@@ -350,7 +350,16 @@ impl CosmosStore {
     /// Applies and clears `pending` on every customer document that still has it. Safe to run
     /// at any time and from many instances; returns how many documents it repaired.
     pub async fn repair_pending(&self) -> StoreResult<usize> {
-        let q = Query::from("SELECT * FROM c WHERE IS_DEFINED(c.pending.writeId)");
+        self.repair_pending_older_than(Duration::zero()).await
+    }
+
+    /// `repair_pending` for writes committed at least `age` ago (the background sweep leaves
+    /// writes still in flight alone).
+    pub async fn repair_pending_older_than(&self, age: Duration) -> StoreResult<usize> {
+        let cutoff = micros(Utc::now() - age);
+        let q = Query::from("SELECT * FROM c WHERE IS_DEFINED(c.pending.writeId) AND c.pending.atUs <= @cutoff")
+            .with_parameter("@cutoff", cutoff)
+            .map_err(internal)?;
         let docs: Vec<Value> = self.query(&self.customers, "customer.repair_scan", q, FeedScope::full_container(), None).await?;
         let mut n = 0;
         for doc in docs {

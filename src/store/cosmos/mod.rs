@@ -198,7 +198,7 @@ impl CosmosStore {
         let mut take = |name: &str| {
             made.remove(name).ok_or_else(|| StoreError::Internal(format!("cosmos-containers.json lacks {name}")))
         };
-        Ok(Arc::new(CosmosStore {
+        let store = Arc::new(CosmosStore {
             customers: take("customers")?,
             uniques: take("uniques")?,
             meta: take("meta")?,
@@ -206,7 +206,9 @@ impl CosmosStore {
             outbox: take("outbox")?,
             idempotency: take("idempotency")?,
             ru_milli: AtomicU64::new(0),
-        }))
+        });
+        spawn_repair_sweep(Arc::downgrade(&store));
+        Ok(store)
     }
 
     /// Opens the configured Azure account: key auth when `COSMOS_KEY` is set (and then creates
@@ -403,6 +405,29 @@ impl CosmosStore {
             Err(_) => Err(CallError::Unavailable(format!("cosmos: {op} timed out"))),
         }
     }
+}
+
+/// How often each instance looks for writes whose side effects a crash left pending, and how
+/// old such a write must be (so writes still in flight are left to finish themselves).
+const REPAIR_EVERY: Duration = Duration::from_secs(300);
+const REPAIR_AFTER: chrono::Duration = chrono::Duration::minutes(2);
+
+/// Background repair of crashed writes (see `customers.rs`); stops when the store is dropped.
+fn spawn_repair_sweep(store: std::sync::Weak<CosmosStore>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(REPAIR_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(store) = store.upgrade() else { return };
+            match store.repair_pending_older_than(REPAIR_AFTER).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(target: "cosmos", repaired = n, "finished writes left pending by a crash"),
+                Err(e) => tracing::warn!(target: "cosmos", error = %e, "repair sweep failed"),
+            }
+        }
+    });
 }
 
 /// Hex SHA-256: a fixed-length document id for any user value (ids cannot hold `/ \ ? #`).
