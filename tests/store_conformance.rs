@@ -267,6 +267,30 @@ async fn list_sorting_paging(s: Arc<dyn Store>) {
     }
 }
 
+/// Creation times as the API makes them (`Utc::now()`, sub-millisecond digits), many within one
+/// millisecond: a keyset cursor built from a returned customer must neither skip nor repeat.
+async fn keyset_with_submillisecond_times(s: Arc<dyn Store>) {
+    let s = s.as_ref();
+    let mut all = Vec::new();
+    for i in 0..12u32 {
+        let at = t0() + Duration::microseconds(123 + (i / 4) as i64 * 1000 + (i % 4) as i64 * 211);
+        let (c, _) = create(s, customer(300 + (i * 7919) % 97, &format!("Same {}", i % 2), None, None, at)).await.unwrap();
+        all.push(c);
+    }
+    for sort in [SortField::CreatedAt, SortField::Name] {
+        for order in [Order::Asc, Order::Desc] {
+            let (by_offset, _) = collect_offset(s, None, sort, order, 5).await;
+            let (by_keyset, total) = collect_keyset(s, None, sort, order, 5).await;
+            assert_eq!(total, 12);
+            assert_eq!(by_keyset, by_offset, "keyset and offset paging agree ({sort:?} {order:?})");
+            let mut uniq = by_keyset.clone();
+            uniq.sort();
+            uniq.dedup();
+            assert_eq!(uniq.len(), 12, "no customer skipped or repeated ({sort:?} {order:?})");
+        }
+    }
+}
+
 async fn search(s: Arc<dyn Store>) {
     let s = s.as_ref();
     let all = seed(s, 23).await;
@@ -570,7 +594,8 @@ macro_rules! suite {
         mod $backend {
             use super::*;
             suite!(@tests $open; create_get_find, unique_conflicts, update_preconditions, list_sorting_paging,
-                search, idempotency, stage_history, outbox, rollups, clients, concurrent_writes);
+                search, idempotency, stage_history, outbox, rollups, clients, concurrent_writes,
+                keyset_with_submillisecond_times);
         }
     };
     (@tests $open:expr; $($name:ident),*) => {

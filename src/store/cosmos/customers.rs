@@ -134,7 +134,9 @@ fn to_doc(c: &Customer, history: &[StageRec], pending: Option<&Pending>) -> Stor
     let mut v = serde_json::to_value(c).map_err(internal)?;
     let m = v.as_object_mut().ok_or_else(|| internal("customer is not an object"))?;
     m.insert("nameKey".into(), c.name_key().into());
-    m.insert("createdAtUs".into(), c.created_at.timestamp_micros().into());
+    // At the precision `createdAt` is stored and returned with (ms; see `rfc3339`), so a keyset
+    // cursor built from a returned customer matches its own document exactly.
+    m.insert("createdAtUs".into(), (c.created_at.timestamp_millis() * 1000).into());
     m.insert("extKey".into(), c.external_id.as_ref().map(|x| x.to_lowercase()).into());
     m.insert("stageHistory".into(), serde_json::to_value(history).map_err(internal)?);
     if let Some(p) = pending {
