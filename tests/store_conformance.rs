@@ -295,7 +295,7 @@ async fn search(s: Arc<dyn Store>) {
     let s = s.as_ref();
     let all = seed(s, 23).await;
     // Name (accented, any case), email, externalId, two-letter terms, no match.
-    for term in ["ana", "ANA", "márcia", "MÁRCIA", "sou", "Costa", "globex", "USER1", "erp-00", "erp-0117", "zé", "an", "@", "nobody-here", "a"] {
+    for term in ["ana", "ANA", "márcia", "MÁRCIA", "sou", "Costa", "globex", "USER1", "erp-00", "erp-0117", "zé", "an", "@", "nobody-here", "a", "%", "_", "o'b", "\"sou\"", "a*", "ana souza", "NA SO"] {
         for (sort, order) in [(SortField::Name, Order::Asc), (SortField::CreatedAt, Order::Desc)] {
             let want = expected(&all, Some(term), sort, order);
             let (by_offset, total) = collect_offset(s, Some(term), sort, order, 4).await;
@@ -414,6 +414,8 @@ async fn outbox(s: Arc<dyn Store>) {
     let rest = s.outbox_events(Some(&next[3].id), 4).await.unwrap();
     assert_eq!(rest, written[7..].to_vec());
     assert!(s.outbox_events(Some(&written[7].id), 4).await.unwrap().is_empty());
+    // An unknown cursor starts from the beginning.
+    assert_eq!(s.outbox_events(Some("evt_unknown"), 2).await.unwrap(), written[..2].to_vec());
 }
 
 async fn rollups(s: Arc<dyn Store>) {
