@@ -521,17 +521,16 @@ impl CosmosStore {
             filters.push("(CONTAINS(c.nameKey, @t) OR CONTAINS(c.email, @t) OR CONTAINS(c.extKey, @t))".to_string());
             params.push(("@t", t.clone().into()));
         }
-        let total = match &search {
-            None => self.customer_count().await?,
+        // Exact total with a search: every match is streamed as `1` and counted (the SDK refuses
+        // COUNT across partitions). Cost grows with the number of matches; see docs/cosmos.md.
+        let count_query = match &search {
+            None => None,
             Some(_) => {
-                // Exact: every match's id is streamed and counted (the SDK refuses COUNT across
-                // partitions). Cost grows with the number of matches; see docs/cosmos.md.
                 let mut cq = Query::from(format!("SELECT VALUE 1 FROM c WHERE {}", filters.join(" AND ")));
                 for (k, v) in &params {
                     cq = cq.with_parameter(*k, v).map_err(internal)?;
                 }
-                let ones: Vec<Value> = self.query(&self.customers, "customer.search_count", cq, FeedScope::full_container(), None).await?;
-                ones.len() as u64
+                Some(cq)
             }
         };
         let offset = match &q.start {
@@ -557,11 +556,24 @@ impl CosmosStore {
         for (k, v) in &params {
             query = query.with_parameter(*k, v).map_err(internal)?;
         }
-        let docs: Vec<Value> = if q.limit == 0 {
-            Vec::new()
-        } else {
-            self.query(&self.customers, "customer.list", query, FeedScope::full_container(), Some(q.limit as usize)).await?
+        // The total and the page are independent: ask for both at once.
+        let total = async {
+            match count_query {
+                None => self.customer_count().await,
+                Some(cq) => {
+                    let ones: Vec<Value> =
+                        self.query(&self.customers, "customer.search_count", cq, FeedScope::full_container(), None).await?;
+                    Ok(ones.len() as u64)
+                }
+            }
         };
+        let page = async {
+            if q.limit == 0 {
+                return Ok(Vec::new());
+            }
+            self.query::<Value>(&self.customers, "customer.list", query, FeedScope::full_container(), Some(q.limit as usize)).await
+        };
+        let (total, docs) = futures::future::try_join(total, page).await?;
         let items = docs.into_iter().map(from_doc).collect::<StoreResult<Vec<_>>>()?;
         Ok(CustomerPage { items, total })
     }

@@ -64,19 +64,16 @@ impl CosmosStore {
             let marker_id = format!("applied:{write_id}");
             let marker = json!({ "id": marker_id, "pk": pk, "kind": "applied", "ttl": MARKER_TTL_SECONDS });
             let mut batch = TransactionalBatch::new(pk.clone()).create_item(&marker).map_err(internal)?;
+            // Read every touched document at once (point reads in the shard partition).
+            let mut ids: Vec<String> = by_day.keys().map(|day| format!("rollup:{day}")).collect();
             if new_customers != 0 {
-                let current = self.read_doc::<Value>(&self.meta, "ledger.read", &pk, "counter").await?;
-                let (n, etag) = match &current {
-                    Some((v, e)) => (v.get("customers").and_then(Value::as_i64).unwrap_or(0), Some(e.clone())),
-                    None => (0, None),
-                };
-                let doc = json!({ "id": "counter", "pk": pk, "kind": "counter", "customers": n + new_customers });
-                batch = put(batch, "counter", doc, etag)?;
+                ids.push("counter".into());
             }
+            let reads = ids.iter().map(|id| self.read_doc::<Value>(&self.meta, "ledger.read", &pk, id));
+            let mut current = futures::future::try_join_all(reads).await?.into_iter();
             for (day, metrics) in &by_day {
                 let id = format!("rollup:{day}");
-                let current = self.read_doc::<Value>(&self.meta, "ledger.read", &pk, &id).await?;
-                let (mut values, etag) = match current {
+                let (mut values, etag) = match current.next().flatten() {
                     Some((v, e)) => (v.get("metrics").and_then(Value::as_object).cloned().unwrap_or_default(), Some(e)),
                     None => (Map::new(), None),
                 };
@@ -86,6 +83,14 @@ impl CosmosStore {
                 }
                 let doc = json!({ "id": id, "pk": pk, "kind": "rollup", "day": day.to_string(), "metrics": values });
                 batch = put(batch, &id, doc, etag)?;
+            }
+            if new_customers != 0 {
+                let (n, etag) = match current.next().flatten() {
+                    Some((v, e)) => (v.get("customers").and_then(Value::as_i64).unwrap_or(0), Some(e)),
+                    None => (0, None),
+                };
+                let doc = json!({ "id": "counter", "pk": pk, "kind": "counter", "customers": n + new_customers });
+                batch = put(batch, "counter", doc, etag)?;
             }
             let resp = self.call("ledger.batch", || self.meta.execute_transactional_batch(batch.clone(), None)).await?;
             let results = resp.into_model().map_err(internal)?;
