@@ -238,8 +238,7 @@ impl CosmosStore {
                 (AccountReference::with_credential(endpoint, cred), false)
             }
         };
-        let region = std::env::var("REGION_NAME").ok().filter(|r| !r.trim().is_empty());
-        let routing = RoutingStrategy::ProximityTo(match region {
+        let routing = RoutingStrategy::ProximityTo(match &cfg.region {
             Some(r) => azure_data_cosmos::options::Region::new(r.to_lowercase().replace(' ', "")),
             None => azure_data_cosmos::options::Region::EAST_US,
         });
