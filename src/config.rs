@@ -18,6 +18,9 @@ pub struct CosmosConfig {
     pub database: String,
     /// Key auth, for local tests only; in Azure the managed identity is used.
     pub key: Option<crate::secrets::SecretString>,
+    /// The app's Azure region (`REGION_NAME`, set by the Functions host), to route to the nearest
+    /// Cosmos region.
+    pub region: Option<String>,
 }
 
 /// How the app authenticates to Azure services (AZURE_CREDENTIAL).
@@ -118,11 +121,13 @@ impl Config {
                 endpoint: required("COSMOS_ENDPOINT", &mut p),
                 database: var("COSMOS_DATABASE").unwrap_or_else(|| "customer360".into()),
                 key: var("COSMOS_KEY").map(crate::secrets::SecretString::new),
+                region: var("REGION_NAME"),
             }),
             StoreKind::CosmosEmulator => Some(CosmosConfig {
                 endpoint: String::new(),
                 database: var("COSMOS_DATABASE").unwrap_or_else(|| "customer360".into()),
                 key: None,
+                region: None,
             }),
             StoreKind::Sqlite => None,
         };

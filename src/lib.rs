@@ -50,7 +50,21 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
             let s = store::sqlite::SqliteStore::open(&config.data_dir).map_err(|e| format!("cannot open the store: {e}"))?;
             Ok(s)
         }
-        StoreKind::Cosmos | StoreKind::CosmosEmulator => Err("STORE=cosmos: this build has no Cosmos adapter yet".into()),
+        StoreKind::Cosmos => {
+            let cfg = config.cosmos.as_ref().ok_or("STORE=cosmos: COSMOS_ENDPOINT is required")?;
+            let s = store::cosmos::CosmosStore::open(cfg, config.azure_client_id.as_deref())
+                .await
+                .map_err(|e| format!("cannot open Cosmos DB: {e}"))?;
+            Ok(s)
+        }
+        #[cfg(feature = "cosmos-emulator")]
+        StoreKind::CosmosEmulator => {
+            let db = config.cosmos.as_ref().map(|c| c.database.clone()).unwrap_or_else(|| "customer360".into());
+            let s = store::cosmos::CosmosStore::open_emulator(&db).await.map_err(|e| format!("cannot start the Cosmos emulator: {e}"))?;
+            Ok(s)
+        }
+        #[cfg(not(feature = "cosmos-emulator"))]
+        StoreKind::CosmosEmulator => Err("STORE=cosmos-emulator: build with --features cosmos-emulator".into()),
     }
 }
 

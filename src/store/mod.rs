@@ -7,6 +7,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod cosmos;
 pub mod sqlite;
 pub mod webhooks;
 

@@ -123,7 +123,9 @@ pub(super) fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<S
                 "INSERT INTO customers (id, ext_key, email, name_key, created_at, version, doc)
                  VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
             )?
-            .execute(params![c.id, ext_key, c.email, c.name_key(), micros(c.created_at), doc])
+            // The sort key at the precision the customer is stored and returned with (ms), so a
+            // keyset cursor built from a returned customer matches its own row exactly.
+            .execute(params![c.id, ext_key, c.email, c.name_key(), c.created_at.timestamp_millis() * 1000, doc])
             .map_err(conflict)?;
             conn.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'customers'")?.execute([])?;
             (conn.last_insert_rowid(), 1i64, true)
