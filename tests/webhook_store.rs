@@ -152,3 +152,27 @@ async fn sqlite_a_due_delivery_is_leased_to_one_owner_until_the_lease_expires() 
     let (s, _d) = sqlite().await;
     a_due_delivery_is_leased_to_one_owner_until_the_lease_expires(s.as_ref()).await;
 }
+
+/// The same checks on Cosmos DB (azure_data_cosmos's in-process emulator, a fresh account each).
+#[cfg(feature = "cosmos-emulator")]
+async fn cosmos() -> Arc<dyn Store> {
+    customer360::store::cosmos::CosmosStore::open_emulator("webhooks").await.unwrap()
+}
+
+#[cfg(feature = "cosmos-emulator")]
+#[tokio::test]
+async fn cosmos_subscriptions_are_stored_listed_and_deleted() {
+    subscriptions_are_stored_listed_and_deleted(cosmos().await.as_ref()).await;
+}
+
+#[cfg(feature = "cosmos-emulator")]
+#[tokio::test]
+async fn cosmos_fan_out_is_idempotent_and_never_goes_back() {
+    fan_out_is_idempotent_and_never_goes_back(cosmos().await.as_ref()).await;
+}
+
+#[cfg(feature = "cosmos-emulator")]
+#[tokio::test]
+async fn cosmos_a_due_delivery_is_leased_to_one_owner_until_the_lease_expires() {
+    a_due_delivery_is_leased_to_one_owner_until_the_lease_expires(cosmos().await.as_ref()).await;
+}
