@@ -459,10 +459,12 @@ impl WebhookStore for CosmosStore {
 
     async fn record_attempt(&self, delivery_id: &str, owner: &str, r: &AttemptResult) -> StoreResult<bool> {
         let Some(mut d) = self.find_delivery_anywhere(delivery_id).await? else { return Ok(false) };
+        let mut after_412 = false;
         for _ in 0..RMW_ATTEMPTS {
             if d.lease_owner.as_deref() != Some(owner) {
-                // Lost the lease — or this is our own write, retried by the SDK after it landed.
-                return Ok(d.last_attempt_by.as_deref() == Some(owner) && d.last_attempt_at_us == Some(micros(r.at)));
+                // Lost the lease — or, after a 412, this is our own replace, retried by the SDK
+                // after it had landed.
+                return Ok(after_412 && d.last_attempt_by.as_deref() == Some(owner) && d.last_attempt_at_us == Some(micros(r.at)));
             }
             let etag = std::mem::take(&mut d.etag);
             d.status = r.status;
@@ -484,7 +486,10 @@ impl WebhookStore for CosmosStore {
                 Replaced::Done => return Ok(true),
                 Replaced::Gone => return Ok(false),
                 Replaced::Lost => match self.read_delivery_doc(&d.pk, &d.id).await? {
-                    Some(fresh) => d = fresh,
+                    Some(fresh) => {
+                        d = fresh;
+                        after_412 = true;
+                    }
                     None => return Ok(false),
                 },
             }
@@ -528,5 +533,64 @@ impl WebhookStore for CosmosStore {
             }
         }
         Err(StoreError::Unavailable("contended webhook delivery".into()))
+    }
+}
+
+#[cfg(all(test, feature = "cosmos-emulator"))]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn delivery(sub: &str, event: &str, due: DateTime<Utc>) -> WebhookDelivery {
+        WebhookDelivery {
+            id: crate::ids::new_id("whd"),
+            subscription_id: sub.into(),
+            event_id: event.into(),
+            event_type: "customer.created".into(),
+            payload: serde_json::json!({"id": event}),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            retry_step: 0,
+            last_status_code: None,
+            last_error: None,
+            last_attempt_at: None,
+            next_attempt_at: Some(due),
+            delivered_at: None,
+            created_at: due,
+        }
+    }
+
+    /// Two instances that read the same due delivery (same `_etag`) race to lease it: the If-Match
+    /// lets exactly one win, and only the winner may record the attempt.
+    #[tokio::test]
+    async fn a_claim_from_a_stale_read_loses_and_cannot_record() {
+        let store = CosmosStore::open_emulator("webhook-race").await.unwrap();
+        let now = Utc::now();
+        let sub = WebhookSubscription {
+            id: crate::ids::new_id("whk"),
+            url: "https://example.com/h".into(),
+            events: vec!["customer.created".into()],
+            description: None,
+            created_at: now,
+        };
+        store.create_subscription(&sub).await.unwrap();
+        let d = delivery(&sub.id, &crate::ids::new_id("evt"), now);
+        store.fan_out(vec![d.clone()], &[]).await.unwrap();
+        // Both instances read the delivery before either leases it.
+        let seen_by_a = store.find_delivery(&sub.id, &d.id).await.unwrap().unwrap();
+        let seen_by_b = store.find_delivery(&sub.id, &d.id).await.unwrap().unwrap();
+        assert_eq!(seen_by_a.etag, seen_by_b.etag);
+        let (now_us, until_us) = (micros(now), micros(now + Duration::minutes(2)));
+        assert!(store.lease(seen_by_a, "a", now_us, until_us).await.unwrap().is_some());
+        assert!(store.lease(seen_by_b, "b", now_us, until_us).await.unwrap().is_none(), "b's read was stale");
+        let stored = store.find_delivery(&sub.id, &d.id).await.unwrap().unwrap();
+        assert_eq!((stored.lease_owner.as_deref(), stored.lease_until_us), (Some("a"), until_us));
+        // A second pass at the same time finds nothing free.
+        assert!(store.claim_due_deliveries(now, now + Duration::minutes(2), "c", 10).await.unwrap().is_empty());
+        let r = AttemptResult { at: now, status_code: Some(204), error: None, status: DeliveryStatus::Delivered, next_attempt_at: None };
+        assert!(!store.record_attempt(&d.id, "b", &r).await.unwrap());
+        assert!(store.record_attempt(&d.id, "a", &r).await.unwrap());
+        let stored = store.find_delivery(&sub.id, &d.id).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.attempts, stored.lease_owner), (DeliveryStatus::Delivered, 1, None));
     }
 }
