@@ -89,6 +89,8 @@ pub struct CosmosStore {
     pub(crate) outbox: ContainerClient,
     pub(crate) idempotency: ContainerClient,
     pub(crate) webhooks: ContainerClient,
+    /// Where the deliveries this instance leased live (saves `record_attempt` a query).
+    pub(crate) leased: webhooks::Leased,
     /// Sum of request charges of every call, in milli-RU (for measurements and tests).
     ru_milli: AtomicU64,
 }
@@ -210,6 +212,7 @@ impl CosmosStore {
             outbox: take("outbox")?,
             idempotency: take("idempotency")?,
             webhooks: take("webhooks")?,
+            leased: Default::default(),
             ru_milli: AtomicU64::new(0),
         });
         spawn_repair_sweep(Arc::downgrade(&store));

@@ -16,9 +16,10 @@
 //!   owner. `record_attempt` finds the delivery by `deliveryId` (cross-partition query on an
 //!   indexed path) and replaces it with If-Match only while `leaseOwner` is the caller.
 //! - **Fan-out position**: Cosmos does not commit outbox events in `ord` order across
-//!   partitions, so there is no high-water mark: `fan_out` sets `dispatched: true` on each
-//!   event's outbox document after its deliveries exist, and `events_to_fan_out` is the
-//!   events without the flag, oldest (`ord`) first. A crash between the two repeats the
+//!   partitions, so there is no high-water mark: every outbox document is created with
+//!   `dispatched: false` (`customers.rs`, the only writer of the outbox), `fan_out` sets it to
+//!   true after the event's deliveries exist, and `events_to_fan_out` is the events still
+//!   false, oldest (`ord`) first (composite index `(dispatched, ord)`). A crash between the two repeats the
 //!   fan-out of that batch, which creates nothing new (409s).
 //!
 //! The SDK retries writes after ambiguous failures, so a 412 can answer our own first attempt:
@@ -38,6 +39,29 @@ use serde_json::Value;
 use std::collections::HashSet;
 
 const SUBSCRIPTIONS_PK: &str = "subscriptions";
+/// Entries kept in [`Leased`] at most (a leak guard: entries go when the attempt is recorded).
+const LEASED_MAX: usize = 10_000;
+
+/// Delivery id → (partition key, document id) of the deliveries this instance leased, so the
+/// lease holder's `record_attempt` is a point read instead of a cross-partition query. Only a
+/// hint: a miss (another instance's lease, a restart) falls back to the query.
+#[derive(Default)]
+pub(crate) struct Leased(std::sync::Mutex<std::collections::HashMap<String, (String, String)>>);
+
+impl Leased {
+    fn remember(&self, d: &DeliveryDoc) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= LEASED_MAX {
+                m.clear();
+            }
+            m.insert(d.delivery_id.clone(), (d.pk.clone(), d.id.clone()));
+        }
+    }
+
+    fn take(&self, delivery_id: &str) -> Option<(String, String)> {
+        self.0.lock().ok().and_then(|mut m| m.remove(delivery_id))
+    }
+}
 /// Parallel point writes in one fan-out or claim.
 const PARALLEL: usize = 8;
 /// Attempts of a read-modify-replace that keeps losing the If-Match race to non-lease changes.
@@ -371,7 +395,7 @@ impl WebhookStore for CosmosStore {
             return Ok(Vec::new());
         }
         let q = Query::from(format!(
-            "SELECT * FROM c WHERE NOT IS_DEFINED(c.dispatched) ORDER BY c.ord OFFSET 0 LIMIT {limit}"
+            "SELECT * FROM c WHERE c.dispatched = false ORDER BY c.dispatched ASC, c.ord ASC OFFSET 0 LIMIT {limit}"
         ));
         let docs: Vec<Value> =
             self.query(&self.outbox, "outbox.to_fan_out", q, FeedScope::full_container(), Some(limit as usize)).await?;
@@ -450,6 +474,7 @@ impl WebhookStore for CosmosStore {
                 .await;
             for g in got {
                 if let Some(d) = g? {
+                    self.leased.remember(&d);
                     claimed.push(d.model());
                 }
             }
@@ -458,7 +483,15 @@ impl WebhookStore for CosmosStore {
     }
 
     async fn record_attempt(&self, delivery_id: &str, owner: &str, r: &AttemptResult) -> StoreResult<bool> {
-        let Some(mut d) = self.find_delivery_anywhere(delivery_id).await? else { return Ok(false) };
+        let hinted = match self.leased.take(delivery_id) {
+            Some((pk, id)) => self.read_delivery_doc(&pk, &id).await?.filter(|d| d.delivery_id == delivery_id),
+            None => None,
+        };
+        let found = match hinted {
+            Some(d) => Some(d),
+            None => self.find_delivery_anywhere(delivery_id).await?,
+        };
+        let Some(mut d) = found else { return Ok(false) };
         let mut after_412 = false;
         for _ in 0..RMW_ATTEMPTS {
             if d.lease_owner.as_deref() != Some(owner) {
