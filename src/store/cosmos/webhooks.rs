@@ -285,7 +285,7 @@ impl CosmosStore {
         }
     }
 
-    /// Leases one candidate to `owner`; false when another instance got it first.
+    /// Leases one candidate to `owner`; None when another instance got it first (or it is gone).
     async fn lease(&self, mut d: DeliveryDoc, owner: &str, now_us: i64, until_us: i64) -> StoreResult<Option<DeliveryDoc>> {
         let etag = std::mem::take(&mut d.etag);
         d.lease_owner = Some(owner.to_string());
