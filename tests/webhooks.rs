@@ -171,7 +171,12 @@ impl Service {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::from_env().unwrap();
         config.data_dir = dir.path().to_path_buf();
-        config.store = StoreKind::Sqlite;
+        // `C360_TEST_STORE=cosmos-emulator` (with `--features cosmos-emulator`): the same tests on
+        // the Cosmos adapter, as for the other HTTP tests.
+        config.store = match std::env::var("C360_TEST_STORE").as_deref() {
+            Ok("cosmos-emulator") => StoreKind::CosmosEmulator,
+            _ => StoreKind::Sqlite,
+        };
         config.keyvault_url = None;
         config.webhook_allow_loopback = o.allow_loopback;
         config.functions_mode = o.functions_mode;

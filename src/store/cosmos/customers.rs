@@ -339,6 +339,8 @@ impl CosmosStore {
             let mut doc = serde_json::to_value(e).map_err(internal)?;
             doc["pk"] = pk.clone().into();
             doc["ord"] = format!("{:020}:{i:03}:{}", p.at_us.max(0), e.id).into();
+            // Not yet fanned out to webhook subscriptions (`webhooks.rs` sets it to true).
+            doc["dispatched"] = false.into();
             match self.call("outbox.create", || self.outbox.create_item(pk.clone(), &e.id, &doc, None)).await {
                 Ok(_) | Err(CallError::Conflict) => {}
                 Err(err) => return Err(err.into()),

@@ -26,6 +26,9 @@ mod clients;
 mod customers;
 pub use customers::CrashPoint;
 mod insights;
+// TEMPORARY: SyncStore stubs until the real `sync.rs` is merged (the lead deletes this).
+mod pending_sync;
+mod webhooks;
 
 /// The container list shared with `infra/modules/cosmos.bicep`.
 pub const CONTAINERS_JSON: &str = include_str!("../../../infra/cosmos-containers.json");
@@ -85,6 +88,9 @@ pub struct CosmosStore {
     pub(crate) clients: ContainerClient,
     pub(crate) outbox: ContainerClient,
     pub(crate) idempotency: ContainerClient,
+    pub(crate) webhooks: ContainerClient,
+    /// Where the deliveries this instance leased live (saves `record_attempt` a query).
+    pub(crate) leased: webhooks::Leased,
     /// Sum of request charges of every call, in milli-RU (for measurements and tests).
     ru_milli: AtomicU64,
 }
@@ -205,6 +211,8 @@ impl CosmosStore {
             clients: take("clients")?,
             outbox: take("outbox")?,
             idempotency: take("idempotency")?,
+            webhooks: take("webhooks")?,
+            leased: Default::default(),
             ru_milli: AtomicU64::new(0),
         });
         spawn_repair_sweep(Arc::downgrade(&store));
@@ -503,7 +511,7 @@ mod tests {
     #[test]
     fn every_container_in_the_shared_list_is_valid() {
         let file = containers_file().unwrap();
-        for name in ["customers", "uniques", "meta", "clients", "outbox", "idempotency"] {
+        for name in ["customers", "uniques", "meta", "clients", "outbox", "idempotency", "webhooks"] {
             let spec = file.containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("{name} missing"));
             spec.properties().unwrap();
         }
