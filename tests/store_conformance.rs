@@ -591,13 +591,21 @@ async fn cosmos_crashed_writes_are_repaired_exactly_once() {
     assert!(store.request_charge_total() > 0.0);
 }
 
+async fn sync_leases_and_watermarks(s: Arc<dyn Store>) {
+    customer360::store::sync::conformance::leases_and_watermarks(s.as_ref()).await;
+}
+
+async fn sync_opportunities(s: Arc<dyn Store>) {
+    customer360::store::sync::conformance::opportunities(s.as_ref()).await;
+}
+
 macro_rules! suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
             use super::*;
             suite!(@tests $open; create_get_find, unique_conflicts, update_preconditions, list_sorting_paging,
                 search, idempotency, stage_history, outbox, rollups, clients, concurrent_writes,
-                keyset_with_submillisecond_times);
+                keyset_with_submillisecond_times, sync_leases_and_watermarks, sync_opportunities);
         }
     };
     (@tests $open:expr; $($name:ident),*) => {
