@@ -707,7 +707,7 @@ async fn sync_opportunity_with_customer_change(s: Arc<dyn Store>) {
         customer_id: c.id.clone(),
         customer_external_id: "CRM-9".into(),
         name: "Big deal".into(),
-        amount: serde_json::Number::from(1200),
+        amount: serde_json::Number::from(9_007_199_254_740_993u64), // 2^53 + 1: not a double
         currency: "BRL".into(),
         stage: OpportunityStage::Open,
         created_at: at,

@@ -46,7 +46,8 @@
 //!
 //! One document per opportunity, id = pk = `opp:<sha256(lower(externalId))>`, holding
 //! `extKey`, `customerExtKey` (lower-cased), `seq` (first insertion; kept by updates, so
-//! lists order as on SQLite) and the `opportunity`. Find by externalId and the upsert are
+//! lists order as on SQLite), the `opportunity`, and `amountText` (the exact amount: Cosmos
+//! stores numbers as doubles). Find by externalId and the upsert are
 //! point operations; the list by customer is a cross-partition query on `customerExtKey`.
 //!
 //! `write_opportunity` is NOT atomic on Cosmos (two containers). Its order makes it safe:
@@ -347,6 +348,8 @@ impl CosmosStore {
                 "extKey": o.external_id.to_lowercase(),
                 "customerExtKey": o.customer_external_id.to_lowercase(),
                 "seq": seq,
+                // Cosmos keeps numbers as doubles: the exact amount travels as text too.
+                "amountText": o.amount.to_string(),
                 "opportunity": o,
             });
             let pk = id.clone();
@@ -373,7 +376,11 @@ impl CosmosStore {
 
 fn opportunity_of(doc: Value) -> StoreResult<Opportunity> {
     let o = doc.get("opportunity").cloned().ok_or_else(|| internal("opportunity document without opportunity"))?;
-    serde_json::from_value(o).map_err(internal)
+    let mut o: Opportunity = serde_json::from_value(o).map_err(internal)?;
+    if let Some(n) = doc.get("amountText").and_then(Value::as_str).and_then(|t| t.parse::<serde_json::Number>().ok()) {
+        o.amount = n;
+    }
+    Ok(o)
 }
 
 #[async_trait::async_trait]
