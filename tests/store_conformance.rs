@@ -8,7 +8,9 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use customer360::api::customers::{event, new_customer_write, update_customer_write};
 use customer360::domain::{Customer, LifecycleStage, Metric};
 use customer360::store::{
-    Client, CustomerWrite, IdempotencyRecord, ListQuery, Order, SortField, SortKey, Start, Store, StoreError,
+    Claim, Client, CustomerWrite, IdempotencyRecord, JobStatus, ListQuery, Opportunity, OpportunityQuery,
+    OpportunityStage, OpportunityWrite, Order, SortField, SortKey, Start, Store, StoreError, SyncEntity, SyncJob, SyncMode,
+    WriteKind,
 };
 use serde_json::Map;
 use std::collections::BTreeMap;
@@ -591,13 +593,179 @@ async fn cosmos_crashed_writes_are_repaired_exactly_once() {
     assert!(store.request_charge_total() > 0.0);
 }
 
+async fn sync_leases_and_watermarks(s: Arc<dyn Store>) {
+    customer360::store::sync::conformance::leases_and_watermarks(s.as_ref()).await;
+}
+
+async fn sync_opportunities(s: Arc<dyn Store>) {
+    customer360::store::sync::conformance::opportunities(s.as_ref()).await;
+}
+
+fn sync_job(entity: SyncEntity, at: DateTime<Utc>) -> SyncJob {
+    SyncJob::new(customer360::ids::new_id("sync"), entity, SyncMode::Full, None, at)
+}
+
+fn sync_idem(key: &str, job_id: &str, at: DateTime<Utc>) -> IdempotencyRecord {
+    IdempotencyRecord {
+        scope: "client-1:POST /api/sync".into(),
+        key: key.into(),
+        request_hash: "cd".repeat(32),
+        status: 202,
+        body: format!("{{\"jobId\":\"{job_id}\"}}"),
+        location: Some(format!("/api/sync/{job_id}")),
+        created_at: at,
+    }
+}
+
+/// A job's idempotency record is stored with it, replayable, and a second job with the same
+/// key is refused without being stored.
+async fn sync_job_idempotency(s: Arc<dyn Store>) {
+    let s = s.as_ref();
+    let now = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    let first = sync_job(SyncEntity::Customers, now);
+    s.insert_sync_job(&first, Some(sync_idem("sk-1", &first.id, now))).await.unwrap();
+    let got = s.get_idempotency("client-1:POST /api/sync", "sk-1").await.unwrap();
+    assert_eq!(got, Some(sync_idem("sk-1", &first.id, now)), "the record counts once its job exists");
+    let second = sync_job(SyncEntity::Customers, now);
+    let e = s.insert_sync_job(&second, Some(sync_idem("sk-1", &second.id, now))).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { field: "idempotencyKey", .. }), "{e:?}");
+    assert_eq!(s.get_sync_job(&second.id).await.unwrap(), None, "the losing job is not stored");
+    assert_eq!(s.get_idempotency("client-1:POST /api/sync", "sk-1").await.unwrap(), Some(sync_idem("sk-1", &first.id, now)));
+    assert_eq!(s.list_sync_jobs(0, 10).await.unwrap().1, 1);
+    // Unknown and malformed ids are simply absent.
+    assert_eq!(s.get_sync_job("sync_01HZ7G0000000000000000000Z").await.unwrap(), None);
+    assert_eq!(s.get_sync_job("a/b?c#d").await.unwrap(), None);
+}
+
+/// Many workers claim jobs of one entity at once (two per job): exactly one claim wins, and
+/// after it completes (moving the watermark) the next job can be claimed.
+async fn sync_concurrent_claims(s: Arc<dyn Store>) {
+    let now = Utc::now();
+    let lease = now + Duration::seconds(60);
+    let jobs: Vec<SyncJob> = (0..5).map(|_| sync_job(SyncEntity::Customers, now)).collect();
+    for j in &jobs {
+        s.insert_sync_job(j, None).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        for w in 0..2 {
+            let (s, id, owner) = (s.clone(), j.id.clone(), format!("w{i}-{w}"));
+            tasks.push(tokio::spawn(async move {
+                let c = s.claim_sync_job(&id, &owner, now, lease).await.unwrap();
+                (owner, c)
+            }));
+        }
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        if let (owner, Claim::Claimed(job)) = t.await.unwrap() {
+            won.push((owner, job));
+        }
+    }
+    assert_eq!(won.len(), 1, "one running job per entity: {:?}", won.iter().map(|w| &w.0).collect::<Vec<_>>());
+    let (owner, mut job) = won.pop().unwrap();
+    let running: Vec<_> = s.unfinished_sync_jobs().await.unwrap().into_iter().filter(|j| j.status == JobStatus::Running).collect();
+    assert_eq!(running.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), [job.id.clone()]);
+    // Renew, then complete: the watermark moves with the completion only.
+    job.processed = 3;
+    job.high_water = Some(now - Duration::hours(1));
+    s.save_sync_job(&job, &owner, Some(lease + Duration::seconds(30))).await.unwrap();
+    assert_eq!(s.sync_watermark(SyncEntity::Customers).await.unwrap(), None, "a renewal leaves the watermark alone");
+    assert_eq!(s.get_sync_job(&job.id).await.unwrap().unwrap().processed, 3);
+    job.status = JobStatus::Completed;
+    job.finished_at = Some(now);
+    s.save_sync_job(&job, &owner, None).await.unwrap();
+    let hw = job.high_water.map(|t| DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap());
+    assert_eq!(s.sync_watermark(SyncEntity::Customers).await.unwrap(), hw);
+    assert_eq!(s.save_sync_job(&job, &owner, None).await, Err(StoreError::PreconditionFailed), "finished jobs stay finished");
+    let next = jobs.iter().find(|j| j.id != job.id).unwrap();
+    assert!(matches!(s.claim_sync_job(&next.id, "w9", now, lease).await.unwrap(), Claim::Claimed(_)));
+    // fail_sync_job frees the entity for the next job.
+    s.fail_sync_job(&next.id, "gave up", now).await.unwrap().unwrap();
+    let third = jobs.iter().find(|j| j.id != job.id && j.id != next.id).unwrap();
+    assert!(matches!(s.claim_sync_job(&third.id, "w10", now, lease).await.unwrap(), Claim::Claimed(_)));
+    // An older watermark never moves it back.
+    let Claim::Claimed(mut t) = s.claim_sync_job(&third.id, "w10", now, lease).await.unwrap() else { panic!("re-claim by owner") };
+    t.status = JobStatus::Completed;
+    t.high_water = Some(now - Duration::days(3));
+    s.save_sync_job(&t, "w10", None).await.unwrap();
+    assert_eq!(s.sync_watermark(SyncEntity::Customers).await.unwrap(), hw);
+}
+
+/// An opportunity and the customer change it causes: a failed customer change stores nothing;
+/// a successful one moves the customer (stage history, event) and stores the opportunity.
+async fn sync_opportunity_with_customer_change(s: Arc<dyn Store>) {
+    let s = s.as_ref();
+    let (c, _) = create(s, customer(1, "Ana", None, Some("CRM-9"), t0())).await.unwrap();
+    let mut moved = c.clone();
+    moved.lifecycle_stage = LifecycleStage::Opportunity;
+    let cw = update_customer_write(&c, moved, t0() + Duration::hours(1)).unwrap();
+    let at = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let opp = Opportunity {
+        id: customer360::ids::new_id("opp"),
+        external_id: "OPP-9".into(),
+        customer_id: c.id.clone(),
+        customer_external_id: "CRM-9".into(),
+        name: "Big deal".into(),
+        amount: serde_json::Number::from(9_007_199_254_740_993u64), // 2^53 + 1: not a double
+        currency: "BRL".into(),
+        stage: OpportunityStage::Open,
+        created_at: at,
+        closed_at: None,
+        updated_at: at,
+    };
+    let mut stale = cw.clone();
+    stale.kind = WriteKind::Update { expected_etag: "stale".into() };
+    let e = s.write_opportunity(OpportunityWrite { opportunity: opp.clone(), customer: Some(stale) }).await;
+    assert_eq!(e, Err(StoreError::PreconditionFailed));
+    assert_eq!(s.find_opportunity_by_external_id("opp-9").await.unwrap(), None, "nothing stored when the customer change fails");
+    let events_before = s.outbox_events(None, 1000).await.unwrap().len();
+    s.write_opportunity(OpportunityWrite { opportunity: opp.clone(), customer: Some(cw) }).await.unwrap();
+    assert_eq!(s.find_opportunity_by_external_id("opp-9").await.unwrap(), Some(opp.clone()));
+    assert_eq!(s.get_customer(&c.id).await.unwrap().unwrap().lifecycle_stage, LifecycleStage::Opportunity);
+    assert_eq!(s.stage_history(&c.id).await.unwrap().last().map(|h| h.to), Some(LifecycleStage::Opportunity));
+    assert_eq!(s.outbox_events(None, 1000).await.unwrap().len(), events_before + 1, "the customer.updated event");
+    let q = OpportunityQuery { customer_external_id: Some("crm-9".into()), offset: 0, limit: 5 };
+    assert_eq!(s.list_opportunities(&q).await.unwrap(), (vec![opp.clone()], 1));
+    let q = OpportunityQuery { customer_external_id: Some("nobody".into()), offset: 0, limit: 5 };
+    assert_eq!(s.list_opportunities(&q).await.unwrap(), (vec![], 0));
+    let q = OpportunityQuery { customer_external_id: None, offset: 1, limit: 5 };
+    assert_eq!(s.list_opportunities(&q).await.unwrap(), (vec![], 1), "offset past the end");
+}
+
+/// Cosmos holds "one running job per entity" through the entity lock: once another job took
+/// the entity after this job's lease expired, this job can no longer renew its lease.
+#[cfg(feature = "cosmos-emulator")]
+#[tokio::test]
+async fn cosmos_a_job_that_lost_its_entity_cannot_renew() {
+    let b = cosmos().await;
+    let s = b.store.as_ref();
+    let now = Utc::now();
+    let (a, c) = (sync_job(SyncEntity::Customers, now), sync_job(SyncEntity::Customers, now));
+    s.insert_sync_job(&a, None).await.unwrap();
+    s.insert_sync_job(&c, None).await.unwrap();
+    let Claim::Claimed(held) = s.claim_sync_job(&a.id, "w1", now, now + Duration::seconds(60)).await.unwrap() else { panic!("claim a") };
+    let later = now + Duration::seconds(61);
+    assert!(matches!(s.claim_sync_job(&c.id, "w2", later, later + Duration::seconds(60)).await.unwrap(), Claim::Claimed(_)));
+    assert_eq!(s.save_sync_job(&held, "w1", Some(later + Duration::seconds(60))).await, Err(StoreError::PreconditionFailed));
+    // The job's own result can still be recorded; the entity stays with the other job.
+    let mut done = held.clone();
+    done.status = JobStatus::Failed;
+    s.save_sync_job(&done, "w1", None).await.unwrap();
+    assert!(matches!(s.claim_sync_job(&a.id, "w3", later, later).await.unwrap(), Claim::Finished(_)));
+    let d = sync_job(SyncEntity::Customers, later);
+    s.insert_sync_job(&d, None).await.unwrap();
+    assert!(matches!(s.claim_sync_job(&d.id, "w4", later, later + Duration::seconds(60)).await.unwrap(), Claim::Busy(_)));
+}
+
 macro_rules! suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
             use super::*;
             suite!(@tests $open; create_get_find, unique_conflicts, update_preconditions, list_sorting_paging,
                 search, idempotency, stage_history, outbox, rollups, clients, concurrent_writes,
-                keyset_with_submillisecond_times);
+                keyset_with_submillisecond_times, sync_leases_and_watermarks, sync_opportunities,
+                sync_job_idempotency, sync_concurrent_claims, sync_opportunity_with_customer_change);
         }
     };
     (@tests $open:expr; $($name:ident),*) => {

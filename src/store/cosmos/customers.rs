@@ -101,11 +101,11 @@ struct IdemDoc {
     customer_id: String,
 }
 
-fn micros(t: DateTime<Utc>) -> i64 {
+pub(super) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn from_micros(m: i64) -> DateTime<Utc> {
+pub(super) fn from_micros(m: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(m).unwrap_or_default()
 }
 
@@ -180,7 +180,7 @@ fn strip_system(mut doc: Value) -> Value {
     doc
 }
 
-fn if_match(etag: &str) -> ItemWriteOptions {
+pub(super) fn if_match(etag: &str) -> ItemWriteOptions {
     ItemWriteOptions::default().with_precondition(Precondition::if_match(etag.to_string()))
 }
 
@@ -273,7 +273,7 @@ impl CosmosStore {
         hashed_id("idem", &format!("{scope}\n{key}"))
     }
 
-    async fn claim_idempotency(&self, r: &IdempotencyRecord, customer_id: &str) -> StoreResult<String> {
+    pub(super) async fn claim_idempotency(&self, r: &IdempotencyRecord, customer_id: &str) -> StoreResult<String> {
         let id = Self::idem_id(&r.scope, &r.key);
         let doc = IdemDoc {
             id: id.clone(),
@@ -320,10 +320,19 @@ impl CosmosStore {
         if Utc::now() - from_micros(held.created_at_us) <= STALE_CLAIM {
             return Ok(false);
         }
-        Ok(self.read_customer_doc(&held.customer_id).await?.is_none())
+        Ok(!self.idempotency_owner_exists(&held.customer_id).await?)
     }
 
-    async fn release_idempotency(&self, id: &str) {
+    /// Whether what an idempotency record answers was stored: the customer, or the sync job
+    /// (`sync_` ids; see `sync.rs`, which claims records the same way before creating the job).
+    async fn idempotency_owner_exists(&self, owner_id: &str) -> StoreResult<bool> {
+        if owner_id.starts_with("sync_") {
+            return self.sync_job_exists(owner_id).await;
+        }
+        Ok(self.read_customer_doc(owner_id).await?.is_some())
+    }
+
+    pub(super) async fn release_idempotency(&self, id: &str) {
         let pk = id.to_string();
         if let Err(e) = self.call("idempotency.release", || self.idempotency.delete_item(pk.clone(), id, None)).await {
             if !matches!(e, CallError::NotFound) {
@@ -623,8 +632,8 @@ impl CustomerStore for CosmosStore {
         if from_micros(d.created_at_us) < Utc::now() - Duration::hours(IDEMPOTENCY_TTL_HOURS) {
             return Ok(None); // TTL deletes it soon; until then it does not count
         }
-        // A claim counts once its write committed, i.e. once the customer exists.
-        if self.read_customer_doc(&d.customer_id).await?.is_none() {
+        // A claim counts once its write committed, i.e. once the customer (or sync job) exists.
+        if !self.idempotency_owner_exists(&d.customer_id).await? {
             return Ok(None);
         }
         Ok(Some(IdempotencyRecord {

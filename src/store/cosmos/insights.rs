@@ -128,7 +128,7 @@ impl CosmosStore {
 }
 
 /// Adds "replace if unchanged since read" (or "create") of `doc` to the batch.
-fn put(batch: TransactionalBatch, id: &str, doc: Value, etag: Option<String>) -> StoreResult<TransactionalBatch> {
+pub(super) fn put(batch: TransactionalBatch, id: &str, doc: Value, etag: Option<String>) -> StoreResult<TransactionalBatch> {
     match etag {
         Some(e) => batch
             .replace_item(id.to_string(), doc, Some(BatchReplaceOptions::default().with_precondition(Precondition::if_match(e))))

@@ -26,8 +26,7 @@ mod clients;
 mod customers;
 pub use customers::CrashPoint;
 mod insights;
-// TEMPORARY: SyncStore stubs until the real `sync.rs` is merged (the lead deletes this).
-mod pending_sync;
+mod sync;
 mod webhooks;
 
 /// The container list shared with `infra/modules/cosmos.bicep`.
@@ -91,6 +90,8 @@ pub struct CosmosStore {
     pub(crate) webhooks: ContainerClient,
     /// Where the deliveries this instance leased live (saves `record_attempt` a query).
     pub(crate) leased: webhooks::Leased,
+    pub(crate) jobs: ContainerClient,
+    pub(crate) opportunities: ContainerClient,
     /// Sum of request charges of every call, in milli-RU (for measurements and tests).
     ru_milli: AtomicU64,
 }
@@ -213,6 +214,8 @@ impl CosmosStore {
             idempotency: take("idempotency")?,
             webhooks: take("webhooks")?,
             leased: Default::default(),
+            jobs: take("jobs")?,
+            opportunities: take("opportunities")?,
             ru_milli: AtomicU64::new(0),
         });
         spawn_repair_sweep(Arc::downgrade(&store));
@@ -511,7 +514,7 @@ mod tests {
     #[test]
     fn every_container_in_the_shared_list_is_valid() {
         let file = containers_file().unwrap();
-        for name in ["customers", "uniques", "meta", "clients", "outbox", "idempotency", "webhooks"] {
+        for name in ["customers", "uniques", "meta", "clients", "outbox", "idempotency", "webhooks", "jobs", "opportunities"] {
             let spec = file.containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("{name} missing"));
             spec.properties().unwrap();
         }
