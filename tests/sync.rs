@@ -462,7 +462,12 @@ async fn opportunities_from_the_sample_files_are_stored_listed_and_move_the_life
     }
     use customer360::store::CustomerStore;
     let store = customer360::store::sqlite::SqliteStore::open(dir.path()).unwrap();
-    let events = store.outbox_events(None, 100).await.unwrap();
+    let all = store.outbox_events(None, 100).await.unwrap();
+    // Every finished job published sync.completed in the same write as its end.
+    let done: Vec<&customer360::store::OutboxEvent> = all.iter().filter(|e| e.event_type == "sync.completed").collect();
+    assert!(done.iter().any(|e| e.payload["data"]["jobId"] == again["jobId"] && e.payload["data"]["status"] == "completed"), "{done:?}");
+    assert!(done.iter().all(|e| e.payload["event"] == "sync.completed" && e.payload["id"] == e.id.as_str()));
+    let events: Vec<customer360::store::OutboxEvent> = all.iter().filter(|e| e.event_type.starts_with("customer.")).cloned().collect();
     let seen: Vec<(String, String)> =
         events.iter().map(|e| (e.event_type.clone(), e.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))).collect();
     assert_eq!(

@@ -171,6 +171,31 @@ impl SyncJob {
     }
 }
 
+impl SyncJob {
+    /// `sync.completed` / `sync.failed` for a finished job. Its id is derived from the job's, so
+    /// publishing it twice (a retry, a repair) stores it once.
+    pub fn terminal_event(&self) -> Option<super::OutboxEvent> {
+        let event_type = match self.status {
+            JobStatus::Completed => "sync.completed",
+            JobStatus::Failed => "sync.failed",
+            _ => return None,
+        };
+        let at = self.finished_at.unwrap_or(self.created_at);
+        let id = format!("evt_{}", self.id.trim_start_matches("sync_"));
+        Some(super::OutboxEvent {
+            payload: serde_json::json!({
+                "id": id,
+                "event": event_type,
+                "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "data": self.to_api(),
+            }),
+            id,
+            event_type: event_type.to_string(),
+            timestamp: at,
+        })
+    }
+}
+
 /// The answer to a claim.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {

@@ -341,19 +341,25 @@ impl CosmosStore {
         }
     }
 
+    /// Creates an outbox event (a fixed id, so a repeat is a 409 no-op). `at_us` and `i` order
+    /// events for the dispatcher.
+    pub(super) async fn publish_event(&self, e: &OutboxEvent, at_us: i64, i: usize) -> StoreResult<()> {
+        let pk = format!("outbox:{}", e.timestamp.date_naive());
+        let mut doc = serde_json::to_value(e).map_err(internal)?;
+        doc["pk"] = pk.clone().into();
+        doc["ord"] = format!("{:020}:{i:03}:{}", at_us.max(0), e.id).into();
+        // Not yet fanned out to webhook subscriptions (`webhooks.rs` sets it to true).
+        doc["dispatched"] = false.into();
+        match self.call("outbox.create", || self.outbox.create_item(pk.clone(), &e.id, &doc, None)).await {
+            Ok(_) | Err(CallError::Conflict) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Applies a committed write's side effects. Every step is idempotent.
     pub(crate) async fn apply_pending(&self, customer_id: &str, p: &Pending) -> StoreResult<()> {
         for (i, e) in p.events.iter().enumerate() {
-            let pk = format!("outbox:{}", e.timestamp.date_naive());
-            let mut doc = serde_json::to_value(e).map_err(internal)?;
-            doc["pk"] = pk.clone().into();
-            doc["ord"] = format!("{:020}:{i:03}:{}", p.at_us.max(0), e.id).into();
-            // Not yet fanned out to webhook subscriptions (`webhooks.rs` sets it to true).
-            doc["dispatched"] = false.into();
-            match self.call("outbox.create", || self.outbox.create_item(pk.clone(), &e.id, &doc, None)).await {
-                Ok(_) | Err(CallError::Conflict) => {}
-                Err(err) => return Err(err.into()),
-            }
+            self.publish_event(e, p.at_us, i).await?;
         }
         self.apply_ledger(customer_id, &p.write_id, &p.rollups, p.new_customers).await?;
         self.release_all(&p.release, customer_id).await;

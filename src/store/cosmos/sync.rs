@@ -437,12 +437,23 @@ impl SyncStore for CosmosStore {
         self.claim(id, owner, now, lease_until).await
     }
 
+    // On Cosmos the job and the outbox are different containers: the terminal event is published
+    // right after the job's batch commits, with a fixed id, so a retry publishes it once; a crash
+    // in between loses that one event (SQLite writes both in one transaction).
     async fn save_sync_job(&self, job: &SyncJob, owner: &str, lease_until: Option<DateTime<Utc>>) -> StoreResult<()> {
-        self.save(job, owner, lease_until).await
+        self.save(job, owner, lease_until).await?;
+        if let Some(e) = job.terminal_event() {
+            self.publish_event(&e, e.timestamp.timestamp_micros(), 0).await?;
+        }
+        Ok(())
     }
 
     async fn fail_sync_job(&self, id: &str, reason: &str, now: DateTime<Utc>) -> StoreResult<Option<SyncJob>> {
-        self.fail(id, reason, now).await
+        let job = self.fail(id, reason, now).await?;
+        if let Some(e) = job.as_ref().and_then(SyncJob::terminal_event) {
+            self.publish_event(&e, e.timestamp.timestamp_micros(), 0).await?;
+        }
+        Ok(job)
     }
 
     async fn sync_watermark(&self, entity: SyncEntity) -> StoreResult<Option<DateTime<Utc>>> {

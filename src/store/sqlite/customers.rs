@@ -56,6 +56,13 @@ CREATE TABLE IF NOT EXISTS idempotency (
 ) WITHOUT ROWID;
 ";
 
+/// Stores an event in the outbox, in the caller's transaction; the same id twice is stored once.
+pub(super) fn insert_outbox(conn: &Connection, e: &OutboxEvent) -> StoreResult<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO outbox (id, event_type, timestamp, payload) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![e.id, e.event_type, micros(e.timestamp), e.payload.to_string()])?;
+    Ok(())
+}
+
 pub(crate) const IDEMPOTENCY_TTL_HOURS: i64 = 24;
 
 pub(super) fn micros(t: DateTime<Utc>) -> i64 {
@@ -169,8 +176,7 @@ pub(super) fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<S
     }
     super::insights::apply_rollups(conn, &w.rollups)?;
     for e in &w.events {
-        conn.prepare_cached("INSERT INTO outbox (id, event_type, timestamp, payload) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![e.id, e.event_type, micros(e.timestamp), e.payload.to_string()])?;
+        insert_outbox(conn, e)?;
     }
     if let Some(r) = &w.idempotency {
         insert_idempotency(conn, r).map_err(conflict)?;

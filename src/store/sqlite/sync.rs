@@ -100,6 +100,10 @@ fn save(conn: &Connection, job: &SyncJob, owner: &str, until: Option<DateTime<Ut
     }
     let lease = if job.status.is_finished() { None } else { until.map(|u| (owner, u)) };
     put_job(conn, job, lease)?;
+    // The job's end and its webhook event are one write.
+    if let Some(e) = job.terminal_event() {
+        super::customers::insert_outbox(conn, &e)?;
+    }
     if let (JobStatus::Completed, Some(hw)) = (job.status, job.high_water) {
         conn.prepare_cached(
             "INSERT INTO sync_watermarks (entity, updated_at) VALUES (?1, ?2)
@@ -218,6 +222,9 @@ impl SyncStore for SqliteStore {
                 job.reason = Some(reason);
                 job.finished_at = Some(now);
                 put_job(conn, &job, None)?;
+                if let Some(e) = job.terminal_event() {
+                    super::customers::insert_outbox(conn, &e)?;
+                }
             }
             Ok(Some(job))
         })
