@@ -733,13 +733,10 @@ async fn sync_opportunity_with_customer_change(s: Arc<dyn Store>) {
     assert_eq!(s.list_opportunities(&q).await.unwrap(), (vec![], 1), "offset past the end");
 }
 
-/// Cosmos holds "one running job per entity" through the entity lock: once another job took
-/// the entity after this job's lease expired, this job can no longer renew its lease.
-#[cfg(feature = "cosmos-emulator")]
-#[tokio::test]
-async fn cosmos_a_job_that_lost_its_entity_cannot_renew() {
-    let b = cosmos().await;
-    let s = b.store.as_ref();
+/// One running job per entity: once another job took the entity after this job's lease
+/// expired, this job can no longer renew its lease (Cosmos: the entity lock; SQLite: a check).
+async fn a_job_that_lost_its_entity_cannot_renew(store: Arc<dyn Store>) {
+    let s = store.as_ref();
     let now = Utc::now();
     let (a, c) = (sync_job(SyncEntity::Customers, now), sync_job(SyncEntity::Customers, now));
     s.insert_sync_job(&a, None).await.unwrap();
@@ -765,7 +762,8 @@ macro_rules! suite {
             suite!(@tests $open; create_get_find, unique_conflicts, update_preconditions, list_sorting_paging,
                 search, idempotency, stage_history, outbox, rollups, clients, concurrent_writes,
                 keyset_with_submillisecond_times, sync_leases_and_watermarks, sync_opportunities,
-                sync_job_idempotency, sync_concurrent_claims, sync_opportunity_with_customer_change);
+                sync_job_idempotency, sync_concurrent_claims, sync_opportunity_with_customer_change,
+                a_job_that_lost_its_entity_cannot_renew);
         }
     };
     (@tests $open:expr; $($name:ident),*) => {

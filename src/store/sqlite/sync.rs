@@ -98,6 +98,17 @@ fn save(conn: &Connection, job: &SyncJob, owner: &str, until: Option<DateTime<Ut
     if current.status.is_finished() || lease_owner.as_deref() != Some(owner) {
         return Err(StoreError::PreconditionFailed);
     }
+    if !job.status.is_finished() {
+        // A job whose lease ran out while another of its entity was claimed cannot renew: one
+        // running job per entity (the Cosmos adapter refuses it through its per-entity lock).
+        let other: Option<String> = conn
+            .prepare_cached("SELECT id FROM sync_jobs WHERE entity = ?1 AND status = 'running' AND id != ?2 LIMIT 1")?
+            .query_row(params![job.entity.as_str(), job.id], |r| r.get(0))
+            .optional()?;
+        if other.is_some() {
+            return Err(StoreError::PreconditionFailed);
+        }
+    }
     let lease = if job.status.is_finished() { None } else { until.map(|u| (owner, u)) };
     put_job(conn, job, lease)?;
     // The job's end and its webhook event are one write.
