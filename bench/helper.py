@@ -115,8 +115,12 @@ def prep(port, tok, outdir):
 
 
 def cpu(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:  # gone: run.sh notices and reports it
+        print("0")
+        return
     ticks = os.sysconf("SC_CLK_TCK")
     print(f"{(int(fields[11]) + int(fields[12])) / ticks:.2f}")
 

@@ -127,12 +127,13 @@ else
 fi
 
 # --- start: first start (creates the dev client), then the measured restart ---------------
-start_server() {
+# The first start prints the dev client's secret on stderr: its log is never shown.
+start_server() { # name of the log files
   PORT="$(python3 "$BENCH/helper.py" free-port)"
   export PORT
   local out
-  out="$(python3 "$BENCH/helper.py" start "$DATA_DIR/server.log" "$DATA_DIR/server.err" "$BINARY" serve)" || {
-    tail -20 "$DATA_DIR/server.err" >&2; exit 1; }
+  out="$(python3 "$BENCH/helper.py" start "$DATA_DIR/$1.log" "$DATA_DIR/$1.err" "$BINARY" serve)" || {
+    [ "$1" = server ] && tail -20 "$DATA_DIR/$1.err" >&2; exit 1; }
   SERVER_PID="${out%% *}"
   START_MS="${out##* }"
 }
@@ -142,11 +143,11 @@ stop_server() {
   if kill -0 "$SERVER_PID" 2>/dev/null; then say "server did not stop on SIGTERM within 10 s"; kill -KILL "$SERVER_PID"; fi
   SERVER_PID=""
 }
-start_server
+start_server first-start
 FIRST_START_MS="$START_MS"
 read -r CLIENT_ID CLIENT_SECRET < <(python3 "$BENCH/helper.py" creds "$DATA_DIR")
 stop_server
-start_server
+start_server server
 COLD_MS="$START_MS"
 say "cold start: ${COLD_MS} ms (first start, which also creates the dev client: ${FIRST_START_MS} ms); pid $SERVER_PID, port $PORT"
 say "rate limits raised to RATE_LIMIT_PER_MINUTE=$RATE_LIMIT_PER_MINUTE and TOKEN_RATE_LIMIT_PER_MINUTE=$TOKEN_RATE_LIMIT_PER_MINUTE so the limiter does not refuse the benchmark"
@@ -171,6 +172,7 @@ LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-17s %9s %8s %8s %8s %7s %9s %9s\n' scenario "req/s" "p50 ms" "p95 ms" "p99 ms" errors "srv cores" "srv µs/req"
 for s in $SCENARIOS; do
   if [ -z "${TARGET_RPS[$s]:-}" ]; then say "run.sh: unknown scenario $s"; exit 2; fi
+  if ! kill -0 "$SERVER_PID" 2>/dev/null; then say "the server died before $s"; DIED=1; break; fi
   cpu0="$(python3 "$BENCH/helper.py" cpu "$SERVER_PID")"
   BENCH_SCENARIO="$s" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s -s "$BENCH/wrk.lua" \
     "http://127.0.0.1:$PORT" >"$WORK/wrk-$s.txt" 2>&1 || { say "wrk failed for $s:"; cat "$WORK/wrk-$s.txt" >&2; FAILED=1; }
