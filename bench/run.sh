@@ -194,9 +194,11 @@ done
 
 HWM_KB="$(awk '/^VmHWM/ { print $2 }' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)"
 RSS_KB="$(awk '/^VmRSS/ { print $2 }' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)"
+RSS_ANON_KB="$(awk '/^RssAnon/ { print $2 }' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)"
+RSS_FILE_KB="$(awk '/^RssFile/ { print $2 }' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)"
 kill -0 "$SERVER_PID" 2>/dev/null || DIED=1
 DB_MB="$(du -sm "$DATA_DIR" | cut -f1)"
-echo "server peak RSS (VmHWM): $((HWM_KB / 1024)) MiB (VmRSS now $((RSS_KB / 1024)) MiB); data dir ${DB_MB} MB"
+echo "server peak RSS (VmHWM): $((HWM_KB / 1024)) MiB (VmRSS now $((RSS_KB / 1024)) MiB: anonymous $((RSS_ANON_KB / 1024)) MiB, file-backed incl. SQLite mmap $((RSS_FILE_KB / 1024)) MiB); data dir ${DB_MB} MB"
 echo "cold start: ${COLD_MS} ms"
 
 # --- report ------------------------------------------------------------------------------
@@ -214,7 +216,7 @@ verdict() { # scenario rps p95_ms
   echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2/1048576 }' /proc/meminfo) RAM, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); load average at start $LOADAVG_START"
   echo "- the load generator (wrk) runs on the same machine and competes with the server for the cores"
   echo "- cold start (process start until \`GET /\` answers): **${COLD_MS} ms** (first start, which also creates the dev client: ${FIRST_START_MS} ms)"
-  echo "- server peak RSS (VmHWM at the end): **$((HWM_KB / 1024)) MiB**"
+  echo "- server peak RSS (VmHWM at the end): **$((HWM_KB / 1024)) MiB**; VmRSS at the end $((RSS_KB / 1024)) MiB = anonymous $((RSS_ANON_KB / 1024)) MiB + file-backed (the SQLite file mapped with mmap) $((RSS_FILE_KB / 1024)) MiB"
   if [ "$SMOKE" = 1 ] || [ "$TOTAL" -lt 1000000 ]; then
     echo "- the targets are for 1,000,000 customers on the release build: this run is not directly comparable"
   fi
