@@ -6,7 +6,7 @@
   helper.py creds DATA_DIR                      print "CLIENT_ID CLIENT_SECRET" from secrets.json
   helper.py token PORT CLIENT_ID CLIENT_SECRET  print an access token
   helper.py prep PORT TOKEN OUTDIR              write ids.txt, cursors.txt; print "TOTAL DEPTH"
-  helper.py cpu PID                             print utime+stime of PID in seconds
+  helper.py cpu PID                             print "CPU_S WAIT_S" of PID (CPU used, run-queue wait)
 """
 import http.client
 import json
@@ -115,14 +115,26 @@ def prep(port, tok, outdir):
 
 
 def cpu(pid):
+    """CPU seconds the process used (utime+stime, live and exited threads) and the seconds its
+    live threads spent runnable but waiting for a core (from /proc/PID/task/*/schedstat)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:  # gone: run.sh notices and reports it
-        print("0")
+        print("0 0")
         return
     ticks = os.sysconf("SC_CLK_TCK")
-    print(f"{(int(fields[11]) + int(fields[12])) / ticks:.2f}")
+    wait_ns = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    wait_ns += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    except OSError:
+        pass
+    print(f"{(int(fields[11]) + int(fields[12])) / ticks:.2f} {wait_ns / 1e9:.3f}")
 
 
 def main():

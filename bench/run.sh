@@ -169,24 +169,31 @@ declare -A SRV_CPU=()
 FAILED=0
 DIED=0
 LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-17s %9s %8s %8s %8s %7s %9s %9s\n' scenario "req/s" "p50 ms" "p95 ms" "p99 ms" errors "srv cores" "srv µs/req"
+printf '%-17s %9s %8s %8s %8s %7s %9s %10s %9s %9s\n' scenario "req/s" "p50 ms" "p95 ms" "p99 ms" errors "srv cores" "srv µs/req" "srv wait" "wrk µs/req"
 for s in $SCENARIOS; do
   if [ -z "${TARGET_RPS[$s]:-}" ]; then say "run.sh: unknown scenario $s"; exit 2; fi
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then say "the server died before $s"; DIED=1; break; fi
-  cpu0="$(python3 "$BENCH/helper.py" cpu "$SERVER_PID")"
-  BENCH_SCENARIO="$s" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s -s "$BENCH/wrk.lua" \
-    "http://127.0.0.1:$PORT" >"$WORK/wrk-$s.txt" 2>&1 || { say "wrk failed for $s:"; cat "$WORK/wrk-$s.txt" >&2; FAILED=1; }
+  read -r cpu0 wait0 < <(python3 "$BENCH/helper.py" cpu "$SERVER_PID")
+  # wrk's own CPU time (user+sys) comes from bash's `time`: the load generator shares the cores.
+  TIMEFORMAT='%U %S'
+  { time BENCH_SCENARIO="$s" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s -s "$BENCH/wrk.lua" \
+      "http://127.0.0.1:$PORT" >"$WORK/wrk-$s.txt" 2>&1 ; } 2>"$WORK/wrk-$s.time" \
+    || { say "wrk failed for $s:"; cat "$WORK/wrk-$s.txt" >&2; FAILED=1; }
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     say "the server died during $s"; DIED=1; break
   fi
-  cpu1="$(python3 "$BENCH/helper.py" cpu "$SERVER_PID")"
+  read -r cpu1 wait1 < <(python3 "$BENCH/helper.py" cpu "$SERVER_PID")
+  read -r wu ws < <(tail -1 "$WORK/wrk-$s.time")
   line="$(grep "^$s " "$RAW" | tail -1 || true)"
   if [ -z "$line" ]; then say "no result for $s"; cat "$WORK/wrk-$s.txt" >&2; FAILED=1; continue; fi
   read -r _ reqs secs rps p50 p95 p99 errs sock noop <<<"$line"
-  SRV_CPU[$s]="$(awk -v a="$cpu0" -v b="$cpu1" -v t="$secs" -v n="$reqs" 'BEGIN { printf "%.2f %.0f", (b-a)/t, (n>0 ? (b-a)*1e6/n : 0) }')"
-  read -r cores uspr <<<"${SRV_CPU[$s]}"
-  printf '%-17s %9.0f %8.2f %8.2f %8.2f %7d %9s %9s\n' "$s" "$rps" "$(awk -v u="$p50" 'BEGIN{print u/1000}')" \
-    "$(awk -v u="$p95" 'BEGIN{print u/1000}')" "$(awk -v u="$p99" 'BEGIN{print u/1000}')" "$errs" "$cores" "$uspr"
+  # server cores busy, server CPU µs/request, server threads waiting for a core (average), wrk CPU µs/request
+  SRV_CPU[$s]="$(awk -v a="$cpu0" -v b="$cpu1" -v w0="$wait0" -v w1="$wait1" -v t="$secs" -v n="$reqs" -v wu="$wu" -v ws="$ws" \
+    'BEGIN { w = w1 - w0; if (w < 0) w = 0; if (n < 1) n = 1;
+             printf "%.2f %.0f %.2f %.0f", (b-a)/t, (b-a)*1e6/n, w/t, (wu+ws)*1e6/n }')"
+  read -r cores uspr waitc wrkus <<<"${SRV_CPU[$s]}"
+  printf '%-17s %9.0f %8.2f %8.2f %8.2f %7d %9s %10s %9s %9s\n' "$s" "$rps" "$(awk -v u="$p50" 'BEGIN{print u/1000}')" \
+    "$(awk -v u="$p95" 'BEGIN{print u/1000}')" "$(awk -v u="$p99" 'BEGIN{print u/1000}')" "$errs" "$cores" "$uspr" "$waitc" "$wrkus"
   if grep -q '^FIRST_ERROR' "$WORK/wrk-$s.txt"; then say "  $(grep -m1 '^FIRST_ERROR' "$WORK/wrk-$s.txt")"; fi
   [ "$noop" -gt 0 ] && say "  ($noop of the patches set the stage it already had: answered updated:false, no write)"
   if [ "$errs" -gt 0 ] || [ "$reqs" -eq 0 ]; then FAILED=1; fi
@@ -222,18 +229,20 @@ verdict() { # scenario rps p95_ms
   fi
   echo "- list_deep: page $DEPTH with pageSize 50 by offset (\`list_deep_page\`) and by cursor (\`list_deep_cursor\`)"
   echo
-  echo "| scenario | req/s | p50 ms | p95 ms | p99 ms | errors | requests | server cores | server CPU µs/req | target (1M, 32 conn) | |"
-  echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"
+  echo "| scenario | req/s | p50 ms | p95 ms | p99 ms | errors | requests | server cores | server CPU µs/req | server threads waiting for a core | wrk CPU µs/req | target (1M, 32 conn) | |"
+  echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"
   while read -r s reqs secs rps p50 p95 p99 errs sock noop; do
-    read -r cores uspr <<<"${SRV_CPU[$s]:-- -}"
+    read -r cores uspr waitc wrkus <<<"${SRV_CPU[$s]:-- - - -}"
     p95ms="$(awk -v u="$p95" 'BEGIN{printf "%.2f", u/1000}')"
-    printf '| %s | %.0f | %.2f | %s | %.2f | %d | %d | %s | %s | ≥ %s/s, p95 ≤ %s ms | %s |\n' "$s" "$rps" \
+    printf '| %s | %.0f | %.2f | %s | %.2f | %d | %d | %s | %s | %s | %s | ≥ %s/s, p95 ≤ %s ms | %s |\n' "$s" "$rps" \
       "$(awk -v u="$p50" 'BEGIN{print u/1000}')" "$p95ms" "$(awk -v u="$p99" 'BEGIN{print u/1000}')" "$errs" "$reqs" \
-      "$cores" "$uspr" "${TARGET_RPS[$s]}" "${TARGET_P95[$s]}" "$(verdict "$s" "$rps" "$p95ms")"
+      "$cores" "$uspr" "$waitc" "$wrkus" "${TARGET_RPS[$s]}" "${TARGET_P95[$s]}" "$(verdict "$s" "$rps" "$p95ms")"
   done < "$RAW"
   echo
   echo "Cold start target ≤ 100 ms: $(awk -v m="$COLD_MS" 'BEGIN { print (m <= 100 ? "ok" : "MISS") }'); peak RSS target ≤ 256 MiB: $([ "$HWM_KB" -le $((256 * 1024)) ] && echo ok || echo MISS)."
-  echo "Server cores = server CPU time / wall time during the scenario (of $(nproc)); µs/req = server CPU time per request."
+  echo "Server cores = server CPU time / wall time during the scenario (of $(nproc)); server CPU µs/req = server CPU time per request;"
+  echo "threads waiting for a core = run-queue time of the server's threads / wall time (above 0: the server was ready to run but"
+  echo "the cores were busy with wrk or other work); wrk CPU µs/req = the load generator's CPU time per request."
 } > "$RESULTS/latest.md"
 say "wrote $RESULTS/latest.md"
 
