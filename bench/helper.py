@@ -6,6 +6,7 @@
   helper.py creds DATA_DIR                      print "CLIENT_ID CLIENT_SECRET" from secrets.json
   helper.py token PORT CLIENT_ID CLIENT_SECRET  print an access token
   helper.py prep PORT TOKEN OUTDIR              write ids.txt, cursors.txt; print "TOTAL DEPTH"
+  helper.py rss PID OUT                         sample peak RssAnon/RssFile of PID into OUT
   helper.py cpu PID                             print "CPU_S WAIT_S" of PID (CPU used, run-queue wait)
 """
 import http.client
@@ -137,6 +138,25 @@ def cpu(pid):
     print(f"{(int(fields[11]) + int(fields[12])) / ticks:.2f} {wait_ns / 1e9:.3f}")
 
 
+def rss(pid, out, interval="0.2"):
+    """Samples RssAnon and RssFile of PID until it exits (or this sampler is stopped) and keeps
+    the peak of each in OUT as "ANON_KB FILE_KB": VmHWM alone cannot tell the server's own
+    memory from the SQLite file it maps (counted once per mapping connection)."""
+    peak_anon = peak_file = 0
+    while True:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            return
+        peak_anon = max(peak_anon, int(status.get("RssAnon", "0 kB").split()[0]))
+        peak_file = max(peak_file, int(status.get("RssFile", "0 kB").split()[0]))
+        with open(out + ".tmp", "w") as f:
+            f.write(f"{peak_anon} {peak_file}\n")
+        os.replace(out + ".tmp", out)
+        time.sleep(float(interval))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "free-port":
@@ -149,6 +169,8 @@ def main():
         token(*args)
     elif cmd == "prep":
         prep(*args)
+    elif cmd == "rss":
+        rss(*args)
     elif cmd == "cpu":
         cpu(args[0])
     else:

@@ -87,8 +87,10 @@ fi
 RAW="$WORK/raw.txt"
 : > "$RAW"
 SERVER_PID=""
+SAMPLER_PID=""
 
 cleanup() {
+  [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null || true
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
@@ -152,6 +154,8 @@ COLD_MS="$START_MS"
 say "cold start: ${COLD_MS} ms (first start, which also creates the dev client: ${FIRST_START_MS} ms); pid $SERVER_PID, port $PORT"
 say "rate limits raised to RATE_LIMIT_PER_MINUTE=$RATE_LIMIT_PER_MINUTE and TOKEN_RATE_LIMIT_PER_MINUTE=$TOKEN_RATE_LIMIT_PER_MINUTE so the limiter does not refuse the benchmark"
 
+python3 "$BENCH/helper.py" rss "$SERVER_PID" "$WORK/rss-peak" &
+SAMPLER_PID=$!
 TOKEN="$(python3 "$BENCH/helper.py" token "$PORT" "$CLIENT_ID" "$CLIENT_SECRET")"
 say "collecting ids and cursors"
 read -r TOTAL DEPTH NIDS NCURSORS < <(python3 "$BENCH/helper.py" prep "$PORT" "$TOKEN" "$WORK")
@@ -204,8 +208,12 @@ RSS_KB="$(awk '/^VmRSS/ { print $2 }' "/proc/$SERVER_PID/status" 2>/dev/null || 
 RSS_ANON_KB="$(awk '/^RssAnon/ { print $2 }' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)"
 RSS_FILE_KB="$(awk '/^RssFile/ { print $2 }' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)"
 kill -0 "$SERVER_PID" 2>/dev/null || DIED=1
+sleep 0.3
+read -r PEAK_ANON_KB PEAK_FILE_KB < "$WORK/rss-peak" 2>/dev/null || { PEAK_ANON_KB=0; PEAK_FILE_KB=0; }
+kill "$SAMPLER_PID" 2>/dev/null || true
+SAMPLER_PID=""
 DB_MB="$(du -sm "$DATA_DIR" | cut -f1)"
-echo "server peak RSS (VmHWM): $((HWM_KB / 1024)) MiB (VmRSS now $((RSS_KB / 1024)) MiB: anonymous $((RSS_ANON_KB / 1024)) MiB, file-backed incl. SQLite mmap $((RSS_FILE_KB / 1024)) MiB); data dir ${DB_MB} MB"
+echo "server peak RSS (VmHWM): $((HWM_KB / 1024)) MiB; sampled peaks: anonymous $((PEAK_ANON_KB / 1024)) MiB, file-backed $((PEAK_FILE_KB / 1024)) MiB (VmRSS now $((RSS_KB / 1024)) MiB: anonymous $((RSS_ANON_KB / 1024)) MiB, file-backed incl. SQLite mmap $((RSS_FILE_KB / 1024)) MiB); data dir ${DB_MB} MB"
 echo "cold start: ${COLD_MS} ms"
 
 # --- report ------------------------------------------------------------------------------
@@ -223,7 +231,7 @@ verdict() { # scenario rps p95_ms
   echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2/1048576 }' /proc/meminfo) RAM, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); load average at start $LOADAVG_START"
   echo "- the load generator (wrk) runs on the same machine and competes with the server for the cores"
   echo "- cold start (process start until \`GET /\` answers): **${COLD_MS} ms** (first start, which also creates the dev client: ${FIRST_START_MS} ms)"
-  echo "- server peak RSS (VmHWM at the end): **$((HWM_KB / 1024)) MiB**; VmRSS at the end $((RSS_KB / 1024)) MiB = anonymous $((RSS_ANON_KB / 1024)) MiB + file-backed (the SQLite file mapped with mmap) $((RSS_FILE_KB / 1024)) MiB"
+  echo "- server peak RSS (VmHWM at the end): **$((HWM_KB / 1024)) MiB**; sampled every 0.2 s: peak anonymous (the server's own memory) **$((PEAK_ANON_KB / 1024)) MiB**, peak file-backed (the SQLite file mapped with mmap, counted once per connection that maps it) $((PEAK_FILE_KB / 1024)) MiB; VmRSS at the end $((RSS_KB / 1024)) MiB = anonymous $((RSS_ANON_KB / 1024)) MiB + file-backed (the SQLite file mapped with mmap) $((RSS_FILE_KB / 1024)) MiB"
   if [ "$SMOKE" = 1 ] || [ "$TOTAL" -lt 1000000 ]; then
     echo "- the targets are for 1,000,000 customers on the release build: this run is not directly comparable"
   fi
