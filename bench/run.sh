@@ -225,7 +225,8 @@ verdict() { # scenario rps p95_ms
   echo "# customer360 load benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "- commit: \`$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)\`, binary: \`${BINARY#"$ROOT"/}\`"
-  echo "- data: $TOTAL customers (seed 42; seeding took ${SEED_S} s), data dir ${DB_MB} MB on disk"
+  if [ "$SEED_S" = reused ]; then seeded="seeded by an earlier run, reused with --data-dir"; else seeded="seeding took ${SEED_S} s"; fi
+  echo "- data: $TOTAL customers (seed 42; $seeded), data dir ${DB_MB} MB on disk"
   echo "- load: wrk, $THREADS threads, $CONNECTIONS connections, ${DURATION} s per scenario, over loopback$([ "$SMOKE" = 1 ] && echo ' (smoke run)')"
   echo "- rate limits raised (RATE_LIMIT_PER_MINUTE=$RATE_LIMIT_PER_MINUTE, TOKEN_RATE_LIMIT_PER_MINUTE=$TOKEN_RATE_LIMIT_PER_MINUTE) so the limiter does not refuse the benchmark"
   echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2/1048576 }' /proc/meminfo) RAM, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); load average at start $LOADAVG_START"
