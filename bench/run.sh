@@ -2,13 +2,14 @@
 # Load benchmark for customer360 on its embedded SQLite store, over loopback with wrk.
 #
 #   bench/run.sh [--count N] [--duration S] [--connections C] [--binary PATH] [--smoke]
-#                [--data-dir DIR] [--keep-data] [--only a,b,...]
+#                [--data-dir DIR] [--keep-data] [--only a,b,...] [--perf]
 #
 # Builds the release binary (unless --binary), seeds N customers into a fresh DATA_DIR, starts
 # the server, measures cold start, gets a token with the dev client, runs each scenario for
 # S seconds with 2 wrk threads and C connections, and prints/writes the table to
 # bench/results/latest.md. --smoke: N=2000, 1 s per scenario; exits non-zero when a scenario
-# had errors or no requests, or the server died.
+# had errors or no requests, or the server died. --perf: also `perf record` the server during each
+# scenario into bench/results/perf-<scenario>.data (+ a .txt with the top symbols).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,9 +23,10 @@ SMOKE=0
 DATA_DIR_ARG=""
 KEEP=0
 ONLY=""
+PERF=0
 ALL="get_by_id list_page1 list_deep_page list_deep_cursor search create patch insights token mixed"
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) COUNT="$2"; COUNT_SET=1; shift 2 ;;
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
     --data-dir) DATA_DIR_ARG="$2"; shift 2 ;;
     --keep-data) KEEP=1; shift ;;
     --only) ONLY="$2"; shift 2 ;;
+    --perf) PERF=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage 2 ;;
   esac
@@ -178,6 +181,12 @@ for s in $SCENARIOS; do
   if [ -z "${TARGET_RPS[$s]:-}" ]; then say "run.sh: unknown scenario $s"; exit 2; fi
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then say "the server died before $s"; DIED=1; break; fi
   read -r cpu0 wait0 < <(python3 "$BENCH/helper.py" cpu "$SERVER_PID")
+  PERF_PID=""
+  if [ "$PERF" = 1 ] && [ "$DURATION" -ge 3 ]; then
+    (sleep 1; exec perf record -q -F 199 --call-graph dwarf,16384 -p "$SERVER_PID" -o "$RESULTS/perf-$s.data" \
+      -- sleep $((DURATION - 2))) >/dev/null 2>&1 &
+    PERF_PID=$!
+  fi
   # wrk's own CPU time (user+sys) comes from bash's `time`: the load generator shares the cores.
   TIMEFORMAT='%U %S'
   { time BENCH_SCENARIO="$s" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s -s "$BENCH/wrk.lua" \
@@ -188,6 +197,11 @@ for s in $SCENARIOS; do
   fi
   read -r cpu1 wait1 < <(python3 "$BENCH/helper.py" cpu "$SERVER_PID")
   read -r wu ws < <(tail -1 "$WORK/wrk-$s.time")
+  if [ -n "$PERF_PID" ]; then
+    wait "$PERF_PID" || true
+    perf report -i "$RESULTS/perf-$s.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
+      | grep '%' | cut -c1-140 | head -40 > "$RESULTS/perf-$s.txt" || true
+  fi
   line="$(grep "^$s " "$RAW" | tail -1 || true)"
   if [ -z "$line" ]; then say "no result for $s"; cat "$WORK/wrk-$s.txt" >&2; FAILED=1; continue; fi
   read -r _ reqs secs rps p50 p95 p99 errs sock noop <<<"$line"
