@@ -26,9 +26,11 @@ ONLY=""
 PERF=0
 ALL="get_by_id list_page1 list_deep_page list_deep_cursor search create patch insights token mixed"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
+    --count|--duration|--connections|--binary|--data-dir|--only)
+      [ $# -ge 2 ] || { echo "run.sh: $1 needs a value" >&2; exit 2; } ;;&
     --count) COUNT="$2"; COUNT_SET=1; shift 2 ;;
     --duration) DURATION="$2"; DURATION_SET=1; shift 2 ;;
     --connections) CONNECTIONS="$2"; shift 2 ;;
@@ -58,7 +60,7 @@ ms_now() { echo $(( $(date +%s%N) / 1000000 )); }
 
 # --- tools -------------------------------------------------------------------------------
 command -v python3 >/dev/null || { say "run.sh: python3 is required"; exit 2; }
-command -v curl >/dev/null || { say "run.sh: curl is required"; exit 2; }
+if [ "$PERF" = 1 ] && ! command -v perf >/dev/null; then say "run.sh: --perf needs perf (apt-get install linux-perf)"; exit 2; fi
 if ! command -v wrk >/dev/null; then
   say "installing wrk (apt-get)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
