@@ -175,6 +175,7 @@ declare -A TARGET_RPS=( [get_by_id]=20000 [list_page1]=8000 [list_deep_cursor]=8
 declare -A TARGET_P95=( [get_by_id]=3 [list_page1]=8 [list_deep_cursor]=8 [list_deep_page]=40 [search]=20
   [create]=15 [patch]=15 [insights]=50 [token]=10 [mixed]=10 )
 declare -A SRV_CPU=()
+declare -A ANON_SO_FAR=()
 FAILED=0
 DIED=0
 LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -212,6 +213,8 @@ for s in $SCENARIOS; do
     'BEGIN { w = w1 - w0; if (w < 0) w = 0; if (n < 1) n = 1;
              printf "%.2f %.0f %.2f %.0f", (b-a)/t, (b-a)*1e6/n, w/t, (wu+ws)*1e6/n }')"
   read -r cores uspr waitc wrkus <<<"${SRV_CPU[$s]}"
+  sleep 0.25
+  ANON_SO_FAR[$s]="$(awk '{ printf "%.0f", $1 / 1024 }' "$WORK/rss-peak" 2>/dev/null || echo -)"
   printf '%-17s %9.0f %8.2f %8.2f %8.2f %7d %9s %10s %9s %9s\n' "$s" "$rps" "$(awk -v u="$p50" 'BEGIN{print u/1000}')" \
     "$(awk -v u="$p95" 'BEGIN{print u/1000}')" "$(awk -v u="$p99" 'BEGIN{print u/1000}')" "$errs" "$cores" "$uspr" "$waitc" "$wrkus"
   if grep -q '^FIRST_ERROR' "$WORK/wrk-$s.txt"; then say "  $(grep -m1 '^FIRST_ERROR' "$WORK/wrk-$s.txt")"; fi
@@ -254,14 +257,14 @@ verdict() { # scenario rps p95_ms
   fi
   echo "- list_deep: page $DEPTH with pageSize 50 by offset (\`list_deep_page\`) and by cursor (\`list_deep_cursor\`)"
   echo
-  echo "| scenario | req/s | p50 ms | p95 ms | p99 ms | errors | requests | server cores | server CPU µs/req | server threads waiting for a core | wrk CPU µs/req | target (1M, 32 conn) | |"
-  echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"
+  echo "| scenario | req/s | p50 ms | p95 ms | p99 ms | errors | requests | server cores | server CPU µs/req | server threads waiting for a core | wrk CPU µs/req | peak anonymous RSS so far, MiB | target (1M, 32 conn) | |"
+  echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"
   while read -r s reqs secs rps p50 p95 p99 errs sock noop; do
     read -r cores uspr waitc wrkus <<<"${SRV_CPU[$s]:-- - - -}"
     p95ms="$(awk -v u="$p95" 'BEGIN{printf "%.2f", u/1000}')"
-    printf '| %s | %.0f | %.2f | %s | %.2f | %d | %d | %s | %s | %s | %s | ≥ %s/s, p95 ≤ %s ms | %s |\n' "$s" "$rps" \
+    printf '| %s | %.0f | %.2f | %s | %.2f | %d | %d | %s | %s | %s | %s | %s | ≥ %s/s, p95 ≤ %s ms | %s |\n' "$s" "$rps" \
       "$(awk -v u="$p50" 'BEGIN{print u/1000}')" "$p95ms" "$(awk -v u="$p99" 'BEGIN{print u/1000}')" "$errs" "$reqs" \
-      "$cores" "$uspr" "$waitc" "$wrkus" "${TARGET_RPS[$s]}" "${TARGET_P95[$s]}" "$(verdict "$s" "$rps" "$p95ms")"
+      "$cores" "$uspr" "$waitc" "$wrkus" "${ANON_SO_FAR[$s]:--}" "${TARGET_RPS[$s]}" "${TARGET_P95[$s]}" "$(verdict "$s" "$rps" "$p95ms")"
   done < "$RAW"
   echo
   echo "Cold start target ≤ 100 ms: $(awk -v m="$COLD_MS" 'BEGIN { print (m <= 100 ? "ok" : "MISS") }'); peak RSS target ≤ 256 MiB: $([ "$HWM_KB" -le $((256 * 1024)) ] && echo ok || echo MISS)."
