@@ -84,11 +84,24 @@ local function search()
   return wrk.format("GET", "/api/customers?search=maria", auth)
 end
 
+-- New customers look like the seeded ones (same first and last names, src/seed.rs), so searches
+-- that run after the writes still find matches among the newest rows.
+local first_names = { "Maria", "Jose", "Ana", "Joao", "Francisca", "Antonio", "Juliana", "Carlos", "Mariana",
+  "Paulo", "Beatriz", "Lucas", "Fernanda", "Pedro", "Camila", "Rafael", "Larissa", "Gabriel", "Aline", "Marcos",
+  "Emma", "Liam", "Olivia", "Noah", "Sophia", "Mateo", "Yuki", "Wei", "Aisha", "Ravi", "Ingrid", "Lars", "Chloe",
+  "Giulia", "Mariana", "Rosa", "Tomas", "Marina", "Helena", "Davi" }
+local last_names = { "Silva", "Santos", "Oliveira", "Souza", "Rodrigues", "Ferreira", "Alves", "Pereira", "Lima",
+  "Gomes", "Costa", "Ribeiro", "Martins", "Carvalho", "Almeida", "Lopes", "Soares", "Fernandes", "Vieira",
+  "Barbosa", "Smith", "Johnson", "Muller", "Garcia", "Rossi", "Tanaka", "Chen", "Khan", "Patel", "Dubois",
+  "Andersson", "Novak" }
+
 local function create()
   created = created + 1
+  local first = first_names[math.random(#first_names)]
+  local last = last_names[math.random(#last_names)]
   local body = string.format(
-    '{"name":"Bench Customer %d","email":"bench.%s.%s.%d.%d@example.com","lifecycleStage":"Lead","engagementScore":%d,"tags":["bench"]}',
-    created, run_nonce, scenario, tid or 0, created, math.random(0, 100))
+    '{"name":"%s %s","email":"%s.%s.bench%s.%s.%d.%d@example.com","lifecycleStage":"Lead","engagementScore":%d,"tags":["bench"]}',
+    first, last, string.lower(first), string.lower(last), run_nonce, scenario, tid or 0, created, math.random(0, 100))
   return wrk.format("POST", "/api/customers", json_headers, body)
 end
 
