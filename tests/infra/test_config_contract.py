@@ -44,6 +44,9 @@ STANDALONE_ONLY = {
     # Set by the Functions host itself to the port it forwards to; an app setting would be
     # overridden at best and point the host at the wrong port at worst.
     "FUNCTIONS_CUSTOMHANDLER_PORT": "set by the Functions host",
+    # The app's region, set by the App Service / Functions platform on every instance; the
+    # Cosmos client uses it to prefer the nearest region. Setting it ourselves could only lie.
+    "REGION_NAME": "set by the Azure platform",
     # Standalone listen port; under the host the binary listens on FUNCTIONS_CUSTOMHANDLER_PORT.
     "PORT": "standalone listen port",
     # Standalone listen address; under the host the default 127.0.0.1 is exactly right
@@ -78,6 +81,8 @@ NOT_IN_EXAMPLE = {
     "FUNCTIONS_CUSTOMHANDLER_PORT": "set by the Functions host",
     # A credential: never in a committed file (tests set it in their own environment).
     "COSMOS_KEY": "credential",
+    # Set by the platform in Azure; meaningless on a developer's machine.
+    "REGION_NAME": "set by the Azure platform",
 }
 
 # Reading a setting: var("N"), parse("N", ..), required("N", ..), or std::env directly.
