@@ -324,20 +324,31 @@ pub(super) fn count_matches(conn: &Connection, term: &str) -> StoreResult<u64> {
     }
 }
 
+/// How a search page is found.
+#[derive(Clone, Copy, PartialEq)]
+enum Plan {
+    /// No search term.
+    All,
+    /// Walk the covering sort index newest first and test each entry (common terms; the walk is
+    /// bounded, see `WALK_LIMIT`).
+    Walk,
+    /// Ask the trigram index for exactly the matching rows (rare terms, or a walk that ran out).
+    Trigram,
+    /// Terms too short for the trigram index: test every row.
+    Scan,
+}
+
+/// A walk for a common term looks at no more index entries than this before handing over to
+/// the trigram index, so a term whose matches are all old (or a run of non-matching new rows)
+/// cannot turn a page into a walk over the whole table.
+const WALK_LIMIT: u32 = 20_000;
+
 /// One page, and the total when it had to be counted (None when `known_total` was given).
 fn list(conn: &Connection, q: &ListQuery, known_total: Option<u64>) -> StoreResult<(CustomerPage, Option<u64>)> {
-    let (col, dir, cmp) = match (q.sort, q.order) {
-        (SortField::CreatedAt, Order::Desc) => ("created_at", "DESC", "<"),
-        (SortField::CreatedAt, Order::Asc) => ("created_at", "ASC", ">"),
-        (SortField::Name, Order::Desc) => ("name_key", "DESC", "<"),
-        (SortField::Name, Order::Asc) => ("name_key", "ASC", ">"),
-    };
-    let mut filters: Vec<String> = Vec::new();
-    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
     let all: u64 = conn.prepare_cached("SELECT value FROM counters WHERE name = 'customers'")?.query_row([], |r| r.get(0))?;
     let mut counted = None;
-    let total = match q.search.as_deref() {
-        None => all,
+    let (total, plan) = match q.search.as_deref() {
+        None => (all, Plan::All),
         Some(term) => {
             let total = match known_total {
                 Some(n) => n,
@@ -347,44 +358,87 @@ fn list(conn: &Connection, q: &ListQuery, known_total: Option<u64>) -> StoreResu
                     n
                 }
             };
-            // A common term is found quickly by walking the sort index and testing each row; a
-            // rare one by the trigram index, which hands over exactly the matching rows.
-            let dense = total.saturating_mul(200) >= all;
-            if dense || !uses_fts(term) {
-                filters.push(SCAN_MATCH.into());
-                for _ in 0..3 {
-                    args.push(Box::new(term.to_string()));
-                }
+            let plan = if !uses_fts(term) {
+                Plan::Scan
+            } else if total.saturating_mul(200) >= all {
+                Plan::Walk
             } else {
-                filters.push("c.seq IN (SELECT rowid FROM customers_fts WHERE customers_fts MATCH ?)".into());
-                args.push(Box::new(fts_phrase(term)));
-            }
-            total
+                Plan::Trigram
+            };
+            (total, plan)
         }
     };
-    let offset = match &q.start {
-        Start::Offset(n) => *n,
+    let mut items = page(conn, q, plan)?;
+    if plan == Plan::Walk && (items.len() as u32) < q.limit {
+        // The bounded walk may have stopped short of the page: the trigram index is exact.
+        items = page(conn, q, Plan::Trigram)?;
+    }
+    Ok((CustomerPage { items, total }, counted))
+}
+
+fn page(conn: &Connection, q: &ListQuery, plan: Plan) -> StoreResult<Vec<Customer>> {
+    let (col, dir, cmp) = match (q.sort, q.order) {
+        (SortField::CreatedAt, Order::Desc) => ("created_at", "DESC", "<"),
+        (SortField::CreatedAt, Order::Asc) => ("created_at", "ASC", ">"),
+        (SortField::Name, Order::Desc) => ("name_key", "DESC", "<"),
+        (SortField::Name, Order::Asc) => ("name_key", "ASC", ">"),
+    };
+    let order = format!("ORDER BY c.{col} {dir}, c.id {dir}");
+    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+    let (keyset, offset) = match &q.start {
+        Start::Offset(n) => (None, *n),
         Start::After(SortKey { value, id }) => {
-            filters.push(format!("(c.{col}, c.id) {cmp} (?, ?)"));
             match q.sort {
                 SortField::CreatedAt => args.push(Box::new(value.as_i64().ok_or_else(|| internal("bad cursor"))?)),
                 SortField::Name => args.push(Box::new(value.as_str().unwrap_or_default().to_string())),
             }
             args.push(Box::new(id.clone()));
-            0
+            (Some(format!("(c.{col}, c.id) {cmp} (?, ?)")), 0)
         }
     };
-    let sql = if filters.is_empty() {
-        // Skip the offset on the covering sort index, then read only the page's rows.
-        format!(
+    let term = q.search.clone().unwrap_or_default();
+    let sql = match plan {
+        Plan::All if offset > 0 => format!(
+            // Skip the offset on the covering sort index, then read only the page's rows.
             "SELECT c.doc, c.version FROM customers c WHERE c.seq IN
-               (SELECT seq FROM customers ORDER BY {col} {dir}, id {dir} LIMIT ? OFFSET ?)
-             ORDER BY c.{col} {dir}, c.id {dir}"
-        )
-    } else {
-        let where_ = format!("WHERE {}", filters.join(" AND "));
-        format!("SELECT c.doc, c.version FROM customers c {where_} ORDER BY c.{col} {dir}, c.id {dir} LIMIT ? OFFSET ?")
+               (SELECT seq FROM customers c {} {order} LIMIT ? OFFSET ?)
+             {order}",
+            keyset.map(|k| format!("WHERE {k}")).unwrap_or_default()
+        ),
+        Plan::All => format!(
+            "SELECT c.doc, c.version FROM customers c {} {order} LIMIT ? OFFSET ?",
+            keyset.map(|k| format!("WHERE {k}")).unwrap_or_default()
+        ),
+        Plan::Walk => {
+            // The window and the test both run on the covering index; only the page's rows
+            // are read from the table.
+            for _ in 0..3 {
+                args.push(Box::new(term.clone()));
+            }
+            format!(
+                "SELECT c.doc, c.version FROM customers c WHERE c.seq IN
+                   (SELECT seq FROM
+                      (SELECT seq, name_key, email, ext_key FROM customers c {} {order} LIMIT {WALK_LIMIT}) c
+                    WHERE {SCAN_MATCH} LIMIT ? OFFSET ?)
+                 {order}",
+                keyset.map(|k| format!("WHERE {k}")).unwrap_or_default()
+            )
+        }
+        Plan::Trigram | Plan::Scan => {
+            let matcher = if plan == Plan::Trigram {
+                args.push(Box::new(fts_phrase(&term)));
+                "c.seq IN (SELECT rowid FROM customers_fts WHERE customers_fts MATCH ?)".to_string()
+            } else {
+                for _ in 0..3 {
+                    args.push(Box::new(term.clone()));
+                }
+                SCAN_MATCH.to_string()
+            };
+            let filters = [keyset, Some(matcher)].into_iter().flatten().collect::<Vec<_>>().join(" AND ");
+            format!("SELECT c.doc, c.version FROM customers c WHERE {filters} {order} LIMIT ? OFFSET ?")
+        }
     };
+    // Placeholders appear as the arguments were pushed: keyset, matcher, limit, offset.
     args.push(Box::new(q.limit as i64));
     args.push(Box::new(offset.min(i64::MAX as u64) as i64));
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -395,5 +449,5 @@ fn list(conn: &Connection, q: &ListQuery, known_total: Option<u64>) -> StoreResu
         let (doc, version) = row?;
         items.push(row_to_customer(&doc, version)?);
     }
-    Ok((CustomerPage { items, total }, counted))
+    Ok(items)
 }
