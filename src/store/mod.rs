@@ -16,7 +16,7 @@ pub mod sync;
 
 pub use sync::*;
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum StoreError {
     #[error("not found")]
     NotFound,

@@ -138,10 +138,15 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::Internal("writer dropped the write".into()))?
     }
 
+    /// Closes the write queue; the writer commits what is queued, then its thread ends.
+    fn stop_writer(&self) -> Option<std::thread::JoinHandle<()>> {
+        drop(self.writer.lock().take());
+        self.writer_thread.lock().take()
+    }
+
     /// Waits for every queued write to commit, then stops the writer.
     pub fn shutdown(&self) {
-        drop(self.writer.lock().take());
-        if let Some(t) = self.writer_thread.lock().take() {
+        if let Some(t) = self.stop_writer() {
             let _ = t.join();
         }
     }
@@ -266,20 +271,6 @@ impl SqliteStore {
     }
 }
 
-impl Clone for StoreError {
-    fn clone(&self) -> Self {
-        match self {
-            StoreError::NotFound => StoreError::NotFound,
-            StoreError::PreconditionFailed => StoreError::PreconditionFailed,
-            StoreError::Conflict { field, existing_id } => {
-                StoreError::Conflict { field, existing_id: existing_id.clone() }
-            }
-            StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
-            StoreError::Internal(s) => StoreError::Internal(s.clone()),
-        }
-    }
-}
-
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, hot: &search::HotCounts) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -341,9 +332,7 @@ impl super::Health for SqliteStore {
 
     async fn close(&self) {
         // The writer drains its queue first: everything acknowledged is already committed.
-        drop(self.writer.lock().take());
-        let thread = self.writer_thread.lock().take();
-        if let Some(t) = thread {
+        if let Some(t) = self.stop_writer() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
