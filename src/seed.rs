@@ -10,23 +10,104 @@ use serde_json::json;
 use std::sync::Arc;
 
 const FIRST: &[&str] = &[
-    "Maria", "José", "Ana", "João", "Francisca", "Antônio", "Juliana", "Carlos", "Mariana", "Paulo", "Beatriz",
-    "Lucas", "Fernanda", "Pedro", "Camila", "Rafael", "Larissa", "Gabriel", "Aline", "Marcos", "Emma", "Liam",
-    "Olivia", "Noah", "Sophia", "Mateo", "Yuki", "Wei", "Aisha", "Ravi", "Ingrid", "Lars", "Chloé", "Giulia",
-    "Mariana", "Rosa", "Tomás", "Marina", "Helena", "Davi",
+    "Maria",
+    "José",
+    "Ana",
+    "João",
+    "Francisca",
+    "Antônio",
+    "Juliana",
+    "Carlos",
+    "Mariana",
+    "Paulo",
+    "Beatriz",
+    "Lucas",
+    "Fernanda",
+    "Pedro",
+    "Camila",
+    "Rafael",
+    "Larissa",
+    "Gabriel",
+    "Aline",
+    "Marcos",
+    "Emma",
+    "Liam",
+    "Olivia",
+    "Noah",
+    "Sophia",
+    "Mateo",
+    "Yuki",
+    "Wei",
+    "Aisha",
+    "Ravi",
+    "Ingrid",
+    "Lars",
+    "Chloé",
+    "Giulia",
+    "Mariana",
+    "Rosa",
+    "Tomás",
+    "Marina",
+    "Helena",
+    "Davi",
 ];
 const LAST: &[&str] = &[
-    "Silva", "Santos", "Oliveira", "Souza", "Rodrigues", "Ferreira", "Alves", "Pereira", "Lima", "Gomes", "Costa",
-    "Ribeiro", "Martins", "Carvalho", "Almeida", "Lopes", "Soares", "Fernandes", "Vieira", "Barbosa", "Smith",
-    "Johnson", "Müller", "García", "Rossi", "Tanaka", "Chen", "Khan", "Patel", "Dubois", "Andersson", "Novak",
+    "Silva",
+    "Santos",
+    "Oliveira",
+    "Souza",
+    "Rodrigues",
+    "Ferreira",
+    "Alves",
+    "Pereira",
+    "Lima",
+    "Gomes",
+    "Costa",
+    "Ribeiro",
+    "Martins",
+    "Carvalho",
+    "Almeida",
+    "Lopes",
+    "Soares",
+    "Fernandes",
+    "Vieira",
+    "Barbosa",
+    "Smith",
+    "Johnson",
+    "Müller",
+    "García",
+    "Rossi",
+    "Tanaka",
+    "Chen",
+    "Khan",
+    "Patel",
+    "Dubois",
+    "Andersson",
+    "Novak",
 ];
 const CITIES: &[(&str, &str, &str)] = &[
-    ("São Paulo", "SP", "BR"), ("Rio de Janeiro", "RJ", "BR"), ("Belo Horizonte", "MG", "BR"), ("Curitiba", "PR", "BR"),
-    ("Recife", "PE", "BR"), ("Porto Alegre", "RS", "BR"), ("Lisboa", "LX", "PT"), ("New York", "NY", "US"),
-    ("Berlin", "BE", "DE"), ("Buenos Aires", "BA", "AR"),
+    ("São Paulo", "SP", "BR"),
+    ("Rio de Janeiro", "RJ", "BR"),
+    ("Belo Horizonte", "MG", "BR"),
+    ("Curitiba", "PR", "BR"),
+    ("Recife", "PE", "BR"),
+    ("Porto Alegre", "RS", "BR"),
+    ("Lisboa", "LX", "PT"),
+    ("New York", "NY", "US"),
+    ("Berlin", "BE", "DE"),
+    ("Buenos Aires", "BA", "AR"),
 ];
 const UTM: &[&str] = &["meta_ads", "google", "organic", "referral"];
-const TAGS: &[&str] = &["ecommerce", "vip", "newsletter", "partner-referral", "campaign-2025", "b2b", "b2c", "churn-risk"];
+const TAGS: &[&str] = &[
+    "ecommerce",
+    "vip",
+    "newsletter",
+    "partner-referral",
+    "campaign-2025",
+    "b2b",
+    "b2c",
+    "churn-risk",
+];
 
 fn ascii(s: &str) -> String {
     s.chars()
@@ -83,7 +164,11 @@ pub fn synthetic(rng: &mut StdRng, i: u64, until: DateTime<Utc>) -> crate::store
         50..=74 => &[LifecycleStage::Opportunity],
         75..=89 => &[LifecycleStage::Opportunity, LifecycleStage::Customer],
         90..=94 => &[LifecycleStage::Customer],
-        _ => &[LifecycleStage::Opportunity, LifecycleStage::Customer, LifecycleStage::Churn],
+        _ => &[
+            LifecycleStage::Opportunity,
+            LifecycleStage::Customer,
+            LifecycleStage::Churn,
+        ],
     };
     for stage in path {
         let next = at + Duration::seconds(rng.gen_range(3_600..45 * 86_400));
@@ -96,14 +181,22 @@ pub fn synthetic(rng: &mut StdRng, i: u64, until: DateTime<Utc>) -> crate::store
         new.lifecycle_stage = *stage;
         new.updated_at = at;
         w.rollups.extend(rollup_deltas(Some(&old), &mut new, at));
-        w.stage_changes.push(StageChange { customer_id: new.id.clone(), from: Some(old.lifecycle_stage), to: *stage, at });
+        w.stage_changes.push(StageChange {
+            customer_id: new.id.clone(),
+            from: Some(old.lifecycle_stage),
+            to: *stage,
+            at,
+        });
         w.customer = new;
     }
     w
 }
 
 pub async fn seed(store: Arc<dyn Store>, count: u64, seed: u64) -> Result<(), String> {
-    let until = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).single().unwrap_or_else(Utc::now);
+    let until = Utc
+        .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_else(Utc::now);
     let mut rng = StdRng::seed_from_u64(seed);
     let writes = (0..count).map(move |i| synthetic(&mut rng, i, until));
     let mut results = futures::stream::iter(writes.map(|w| {

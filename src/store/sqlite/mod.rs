@@ -17,7 +17,13 @@ mod sync;
 mod webhooks;
 
 /// Each area's schema; run in order, idempotently, at open.
-const SCHEMA: &[&str] = &[customers::SCHEMA, clients::SCHEMA, insights::SCHEMA, webhooks::SCHEMA, sync::SCHEMA];
+const SCHEMA: &[&str] = &[
+    customers::SCHEMA,
+    clients::SCHEMA,
+    insights::SCHEMA,
+    webhooks::SCHEMA,
+    sync::SCHEMA,
+];
 
 /// Writes grouped into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -38,7 +44,10 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e {
             rusqlite::Error::SqliteFailure(f, _)
-                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
             {
                 StoreError::Unavailable(e.to_string())
             }
@@ -51,7 +60,9 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -67,12 +78,14 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
 impl SqliteStore {
     /// Opens (creating if needed) `<dir>/customer360.db`.
     pub fn open(dir: &Path) -> StoreResult<Arc<SqliteStore>> {
-        std::fs::create_dir_all(dir).map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("customer360.db");
         let conn = open(&path, false)?;
         for sql in SCHEMA {
             conn.execute_batch(sql)?;
         }
+        customers::migrate(&conn)?;
         let readers = ReaderPool::new(&path, 4)?;
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
         let hot = Arc::new(search::HotCounts::default());
@@ -129,13 +142,22 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job = Box::new(TypedJob { f: Some(f), out: None, reply: Some(tx) });
+        let job = Box::new(TypedJob {
+            f: Some(f),
+            out: None,
+            reply: Some(tx),
+        });
         {
             let guard = self.writer.lock();
-            let sender = guard.as_ref().ok_or_else(|| StoreError::Unavailable("store is closing".into()))?;
-            sender.send(job).map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+            let sender = guard
+                .as_ref()
+                .ok_or_else(|| StoreError::Unavailable("store is closing".into()))?;
+            sender
+                .send(job)
+                .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         }
-        rx.await.map_err(|_| StoreError::Internal("writer dropped the write".into()))?
+        rx.await
+            .map_err(|_| StoreError::Internal("writer dropped the write".into()))?
     }
 
     /// Closes the write queue; the writer commits what is queued, then its thread ends.
@@ -166,8 +188,14 @@ struct ReaderPool {
 
 impl ReaderPool {
     fn new(path: &Path, size: usize) -> StoreResult<Self> {
-        let conns = (0..size).map(|_| open(path, true)).collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Self { conns: Mutex::new(conns), permits: Semaphore::new(size), path: path.to_path_buf() })
+        let conns = (0..size)
+            .map(|_| open(path, true))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Self {
+            conns: Mutex::new(conns),
+            permits: Semaphore::new(size),
+            path: path.to_path_buf(),
+        })
     }
 
     async fn with<R, F>(self: &Arc<Self>, f: F) -> StoreResult<R>
@@ -266,7 +294,10 @@ impl SqliteStore {
     /// Asks the writer to keep `term`'s count from now on (fire and forget).
     pub(crate) fn make_hot(&self, term: &str) {
         if let Some(sender) = self.writer.lock().as_ref() {
-            let _ = sender.send(Box::new(HotTermJob { term: term.to_string(), hot: self.hot.clone() }));
+            let _ = sender.send(Box::new(HotTermJob {
+                term: term.to_string(),
+                hot: self.hot.clone(),
+            }));
         }
     }
 }
@@ -280,8 +311,13 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, hot: &search:
                 Err(_) => break,
             }
         }
-        let (mut later, mut batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.after_commit());
-        let committed = if batch.is_empty() { Ok(()) } else { run_batch(&conn, &mut batch) };
+        let (mut later, mut batch): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|j| j.after_commit());
+        let committed = if batch.is_empty() {
+            Ok(())
+        } else {
+            run_batch(&conn, &mut batch)
+        };
         hot.commit(committed.is_ok());
         search::discard();
         if let Err(e) = &committed {
@@ -327,7 +363,8 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
 #[async_trait::async_trait]
 impl super::Health for SqliteStore {
     async fn ready(&self) -> StoreResult<()> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(Into::into)).await
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(Into::into))
+            .await
     }
 
     async fn close(&self) {
