@@ -124,11 +124,15 @@ fn ascii(s: &str) -> String {
         .to_lowercase()
 }
 
-/// The i-th synthetic customer and the write that stores it, with its stage history.
-pub fn synthetic(rng: &mut StdRng, i: u64, until: DateTime<Utc>) -> crate::store::CustomerWrite {
+/// Customer number `i`, created at `created` (stage changes follow it, up to `until`).
+pub fn synthetic(
+    rng: &mut StdRng,
+    i: u64,
+    created: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> crate::store::CustomerWrite {
     let first = FIRST[rng.gen_range(0..FIRST.len())];
     let last = LAST[rng.gen_range(0..LAST.len())];
-    let created = until - Duration::seconds(rng.gen_range(0..2 * 365 * 86_400));
     let ulid = ulid::Ulid::from_parts(created.timestamp_millis() as u64, rng.gen::<u128>());
     let id = format!("cstm_{ulid}");
     let (city, state, country) = CITIES[rng.gen_range(0..CITIES.len())];
@@ -198,7 +202,16 @@ pub async fn seed(store: Arc<dyn Store>, count: u64, seed: u64) -> Result<(), St
         .single()
         .unwrap_or_else(Utc::now);
     let mut rng = StdRng::seed_from_u64(seed);
-    let writes = (0..count).map(move |i| synthetic(&mut rng, i, until));
+    // Creation times spread over two years, written oldest first as customers arrive: the
+    // time-ordered indexes (id, createdAt) then grow at their ends instead of everywhere.
+    let mut ages: Vec<i64> = (0..count)
+        .map(|_| rng.gen_range(0..2 * 365 * 86_400))
+        .collect();
+    ages.sort_unstable_by(|a, b| b.cmp(a));
+    let writes = ages
+        .into_iter()
+        .enumerate()
+        .map(move |(i, age)| synthetic(&mut rng, i as u64, until - Duration::seconds(age), until));
     let mut results = futures::stream::iter(writes.map(|w| {
         let store = store.clone();
         async move { store.write_customer(w).await }
