@@ -416,6 +416,9 @@ impl CustomerStore for SqliteStore {
     }
 }
 
+/// The deepest offset a list page reads on the calling thread (see `list_rows`).
+const INLINE_MAX_OFFSET: u64 = 1_000;
+
 impl SqliteStore {
     /// One page of `q` as `cols` mapped by `row`, and the exact total; keeps a frequent search
     /// term's count from then on.
@@ -437,9 +440,20 @@ impl SqliteStore {
             .filter(|s| !s.is_empty());
         let hot = q.search.as_deref().and_then(|t| self.hot_count(t));
         let term = q.search.clone();
-        let (items, total, counted) = self
-            .read(move |conn| list(conn, &q, hot, cols, &row))
-            .await?;
+        // A page read straight off an index (no search term; a cursor or a shallow offset) costs
+        // about what the hop to the blocking pool costs: it runs here when a connection is free.
+        // Searches and deep offsets can take milliseconds and keep to the pool.
+        let bounded = q.search.is_none()
+            && match q.start {
+                Start::After(_) => true,
+                Start::Offset(n) => n <= INLINE_MAX_OFFSET,
+            };
+        let read = move |conn: &Connection| list(conn, &q, hot, cols, &row);
+        let (items, total, counted) = if bounded {
+            self.read_point(read).await?
+        } else {
+            self.read(read).await?
+        };
         if let (Some(term), Some(n)) = (term, counted) {
             if n >= super::search::HOT_THRESHOLD {
                 self.make_hot(&term);

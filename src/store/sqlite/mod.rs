@@ -308,13 +308,18 @@ impl SqliteStore {
     }
 }
 
-/// At most this many checkpoints a second; commits in between are copied by the next one.
-const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+/// At most one checkpoint a second; commits in between are copied by the next one. Fewer,
+/// larger checkpoints write a page changed many times once, and sync the database file less
+/// often under the WAL syncs that acknowledge writes (the 1 s pause gave the best write tails
+/// of 50, 250 and 1,000 ms in bench runs; bench/RESULTS.md).
+const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(1000);
 
-/// A WAL longer than this (pages) is restarted by the writer itself: under steady writes the
-/// passive checkpoints never catch up with the end of the log, and SQLite only rewinds a log
-/// that is wholly copied.
-const WAL_RESTART_PAGES: i64 = 8192;
+/// A WAL longer than this (pages, 256 MiB) is restarted by the writer itself: under steady
+/// writes the passive checkpoints never catch up with the end of the log, and SQLite only
+/// rewinds a log that is wholly copied. A restart holds the writer for a sync of the database
+/// file (50-90 ms measured), so it should be rare: at 6,000 creates/s a restart came every
+/// 0.3 s with a limit of 8,192 pages, and every ~3 s with this one.
+const WAL_RESTART_PAGES: i64 = 65_536;
 
 /// Copies committed WAL pages into the database after commits (PASSIVE: never waits for or
 /// blocks readers and the writer), and reports the log's length. Ends when `commits` closes.
