@@ -317,16 +317,15 @@ impl SqliteStore {
 }
 
 /// At most one checkpoint a second; commits in between are copied by the next one. Fewer,
-/// larger checkpoints write a page changed many times once, and sync the database file less
-/// often under the WAL syncs that acknowledge writes (the 1 s pause gave the best write tails
-/// of 50, 250 and 1,000 ms in bench runs; bench/RESULTS.md).
+/// larger checkpoints write a page changed many times once. (Write tails with pauses of 50,
+/// 200, 250 and 1,000 ms differed by less than run-to-run noise in bench runs.)
 const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(1000);
 
-/// A WAL longer than this (pages, 256 MiB) is restarted by the writer itself: under steady
-/// writes the passive checkpoints never catch up with the end of the log, and SQLite only
-/// rewinds a log that is wholly copied. A restart holds the writer for a sync of the database
-/// file (50-90 ms measured), so it should be rare: at 6,000 creates/s a restart came every
-/// 0.3 s with a limit of 8,192 pages, and every ~3 s with this one.
+/// A WAL longer than this (pages, 256 MiB) is caught up by the writer itself: under steady
+/// writes the checkpointer never reaches the end of the log, and SQLite only rewinds a log that
+/// is wholly copied. A blocking RESTART here held the writer for 50-90 ms (a sync of the
+/// database file, or the busy handler's sleeps while the checkpointer ran), so the writer
+/// only tries a PASSIVE catch-up, which never waits.
 const WAL_RESTART_PAGES: i64 = 65_536;
 
 /// Copies committed WAL pages into the database after commits (PASSIVE: never waits for or
@@ -393,11 +392,22 @@ fn writer_loop(
         };
         if committed.is_ok() && !batch.is_empty() {
             if wal_pages.load(Ordering::Relaxed) > WAL_RESTART_PAGES {
-                // Most of the log is copied already; copy the rest and rewind it.
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "WAL restart failed; retried after the next commit");
+                // Most of the log is copied already: copy the rest here, between transactions,
+                // so the next one rewinds the log. PASSIVE never waits: while the checkpointer
+                // is busy this answers "busy" at once and the next commit tries again.
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                }) {
+                    Ok((0, log, copied)) if log == copied => wal_pages.store(0, Ordering::Relaxed),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "WAL catch-up failed; retried after the next commit")
+                    }
                 }
-                wal_pages.store(0, Ordering::Relaxed);
             }
             // Full means a checkpoint is already due.
             let _ = commits.try_send(());
