@@ -25,7 +25,7 @@ async fn main() {
     let until = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
     let mut rng = StdRng::seed_from_u64(7);
     let writes: Vec<_> = (0..n)
-        .map(|i| customer360::seed::synthetic(&mut rng, i, until))
+        .map(|i| customer360::seed::synthetic_anytime(&mut rng, i, until))
         .collect();
     let ids: Vec<String> = writes.iter().map(|w| w.customer.id.clone()).collect();
     let started = Instant::now();
@@ -81,7 +81,7 @@ async fn main() {
             .unwrap()
     );
     let mut new_rng = StdRng::seed_from_u64(99);
-    let mut w = customer360::seed::synthetic(&mut new_rng, n + 1, until);
+    let mut w = customer360::seed::synthetic_anytime(&mut new_rng, n + 1, until);
     w.events.push(customer360::api::customers::event(
         "customer.created",
         until,

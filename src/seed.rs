@@ -124,6 +124,19 @@ fn ascii(s: &str) -> String {
         .to_lowercase()
 }
 
+/// Customers are created over this many seconds before the seed's end date.
+const SPAN_SECONDS: i64 = 2 * 365 * 86_400;
+
+/// Customer number `i`, created at a random time in the span before `until`.
+pub fn synthetic_anytime(
+    rng: &mut StdRng,
+    i: u64,
+    until: DateTime<Utc>,
+) -> crate::store::CustomerWrite {
+    let created = until - Duration::seconds(rng.gen_range(0..SPAN_SECONDS));
+    synthetic(rng, i, created, until)
+}
+
 /// Customer number `i`, created at `created` (stage changes follow it, up to `until`).
 pub fn synthetic(
     rng: &mut StdRng,
@@ -204,9 +217,7 @@ pub async fn seed(store: Arc<dyn Store>, count: u64, seed: u64) -> Result<(), St
     let mut rng = StdRng::seed_from_u64(seed);
     // Creation times spread over two years, written oldest first as customers arrive: the
     // time-ordered indexes (id, createdAt) then grow at their ends instead of everywhere.
-    let mut ages: Vec<i64> = (0..count)
-        .map(|_| rng.gen_range(0..2 * 365 * 86_400))
-        .collect();
+    let mut ages: Vec<i64> = (0..count).map(|_| rng.gen_range(0..SPAN_SECONDS)).collect();
     ages.sort_unstable_by(|a, b| b.cmp(a));
     let writes = ages
         .into_iter()
