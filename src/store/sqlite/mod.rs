@@ -94,7 +94,9 @@ impl SqliteStore {
         // The writer never checkpoints: a checkpoint copies WAL pages into the database file
         // and syncs it, which took a sixth of the writer's time and landed on whichever write
         // crossed the threshold. The checkpointer thread does it beside the writer instead.
-        conn.execute_batch("PRAGMA wal_autocheckpoint=0;")?;
+        // When the log rewinds, its file is cut back to 64 MiB (it otherwise keeps its largest
+        // size on disk until shutdown).
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;")?;
         let checkpointer = open(&path, false)?;
         for sql in SCHEMA {
             conn.execute_batch(sql)?;
