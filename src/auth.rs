@@ -13,14 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
-pub const SCOPES: [&str; 6] = [
-    "customer.read",
-    "customer.write",
-    "insights.read",
-    "sync.read",
-    "sync.write",
-    "webhooks.manage",
-];
+pub const SCOPES: [&str; 6] =
+    ["customer.read", "customer.write", "insights.read", "sync.read", "sync.write", "webhooks.manage"];
 
 /// Leeway for exp/nbf, for clocks that are slightly apart.
 pub const LEEWAY_SECONDS: u64 = 30;
@@ -73,10 +67,7 @@ pub fn hash_secret(secret: &str) -> String {
 pub fn new_secret() -> SecretString {
     let mut b = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut b);
-    SecretString::new(format!(
-        "c360s_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-    ))
+    SecretString::new(format!("c360s_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)))
 }
 
 /// Splits a space-separated scope string, rejecting unknown scopes.
@@ -129,12 +120,7 @@ struct Verified {
 }
 
 impl Auth {
-    pub fn new(
-        store: Arc<dyn Store>,
-        keys: KeyRing,
-        clock: SharedClock,
-        cfg: &crate::config::Config,
-    ) -> Auth {
+    pub fn new(store: Arc<dyn Store>, keys: KeyRing, clock: SharedClock, cfg: &crate::config::Config) -> Auth {
         Auth {
             store,
             keys,
@@ -155,20 +141,13 @@ impl Auth {
     }
 
     /// The client-credentials grant.
-    pub async fn grant(
-        &self,
-        client_id: &str,
-        secret: &SecretString,
-        scope: Option<&str>,
-    ) -> Result<Issued, GrantError> {
+    pub async fn grant(&self, client_id: &str, secret: &SecretString, scope: Option<&str>) -> Result<Issued, GrantError> {
         let client = match self.store.get_client(client_id).await {
             Ok(c) => c,
             Err(e) => return Err(GrantError::Store(e.to_string())),
         };
         let presented = hash_secret(secret.expose());
-        let stored = client
-            .as_ref()
-            .map_or(self.dummy_hash.as_str(), |c| c.secret_hash.as_str());
+        let stored = client.as_ref().map_or(self.dummy_hash.as_str(), |c| c.secret_hash.as_str());
         let matches: bool = presented.as_bytes().ct_eq(stored.as_bytes()).into();
         let client = match client {
             Some(c) if matches && c.revoked_at.is_none() => c,
@@ -181,16 +160,9 @@ impl Auth {
         if requested.iter().any(|s| !client.scopes.contains(s)) {
             return Err(GrantError::InvalidScope);
         }
-        let token = self
-            .sign(&client.id, &requested.join(" "))
-            .map_err(GrantError::Store)?;
-        self.active
-            .insert(client.id.clone(), (true, Instant::now()));
-        Ok(Issued {
-            access_token: token,
-            expires_in: self.ttl.as_secs(),
-            scope: requested.join(" "),
-        })
+        let token = self.sign(&client.id, &requested.join(" ")).map_err(GrantError::Store)?;
+        self.active.insert(client.id.clone(), (true, Instant::now()));
+        Ok(Issued { access_token: token, expires_in: self.ttl.as_secs(), scope: requested.join(" ") })
     }
 
     /// Signs a token for `sub` with the newest key.
@@ -198,14 +170,8 @@ impl Auth {
         let keys = self.keys.current();
         // Sign with a new version only once every instance has had time to load it, so a token
         // from one instance always verifies on the others during a rotation.
-        let settled =
-            self.clock.now() - chrono::Duration::from_std(self.key_propagation).unwrap_or_default();
-        let key = keys
-            .jwt
-            .iter()
-            .find(|k| k.created <= settled)
-            .or(keys.jwt.last())
-            .ok_or("no signing key")?;
+        let settled = self.clock.now() - chrono::Duration::from_std(self.key_propagation).unwrap_or_default();
+        let key = keys.jwt.iter().find(|k| k.created <= settled).or(keys.jwt.last()).ok_or("no signing key")?;
         let now = self.clock.now().timestamp();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -219,13 +185,9 @@ impl Auth {
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(key.version.clone());
-        jsonwebtoken::encode(
-            &header,
-            &claims,
-            &EncodingKey::from_secret(key.value.expose().as_bytes()),
-        )
-        .map(SecretString::new)
-        .map_err(|e| e.to_string())
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(key.value.expose().as_bytes()))
+            .map(SecretString::new)
+            .map_err(|e| e.to_string())
     }
 
     /// Validates a bearer token: pinned HS256, known kid, signature, iss, aud, exp, nbf, and a
@@ -259,21 +221,13 @@ impl Auth {
         Ok(v.principal)
     }
 
-    fn verify_signature(
-        &self,
-        token: &str,
-        keys: &crate::secrets::Keys,
-    ) -> Result<Verified, TokenError> {
+    fn verify_signature(&self, token: &str, keys: &crate::secrets::Keys) -> Result<Verified, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if header.alg != Algorithm::HS256 {
             return Err(TokenError::Invalid);
         }
         let kid = header.kid.ok_or(TokenError::Invalid)?;
-        let key = keys
-            .jwt
-            .iter()
-            .find(|k| k.version == kid)
-            .ok_or(TokenError::Invalid)?;
+        let key = keys.jwt.iter().find(|k| k.version == kid).ok_or(TokenError::Invalid)?;
         let mut v = Validation::new(Algorithm::HS256);
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
@@ -281,23 +235,11 @@ impl Auth {
         // Time is checked by the caller against our clock, so tests can move it.
         v.validate_exp = false;
         v.validate_nbf = false;
-        let c = jsonwebtoken::decode::<Claims>(
-            token,
-            &DecodingKey::from_secret(key.value.expose().as_bytes()),
-            &v,
-        )
-        .map_err(|_| TokenError::Invalid)?
-        .claims;
+        let c = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(key.value.expose().as_bytes()), &v)
+            .map_err(|_| TokenError::Invalid)?
+            .claims;
         let scopes = c.scope.split_whitespace().map(str::to_string).collect();
-        Ok(Verified {
-            kid,
-            exp: c.exp,
-            nbf: c.nbf.max(c.iat),
-            principal: Principal {
-                client_id: c.sub,
-                scopes,
-            },
-        })
+        Ok(Verified { kid, exp: c.exp, nbf: c.nbf.max(c.iat), principal: Principal { client_id: c.sub, scopes } })
     }
 
     async fn client_active(&self, id: &str) -> bool {
@@ -352,37 +294,18 @@ mod tests {
     async fn a_new_key_version_signs_only_after_every_instance_can_have_loaded_it() {
         let dir = tempfile::tempdir().unwrap();
         let secrets = Arc::new(LocalSecrets::open(dir.path()).unwrap());
-        let keys = KeyRing::load(secrets.clone() as Arc<dyn Secrets>)
-            .await
-            .unwrap();
+        let keys = KeyRing::load(secrets.clone() as Arc<dyn Secrets>).await.unwrap();
         let store = crate::store::sqlite::SqliteStore::open(dir.path()).unwrap();
         let clock = ManualClock::new(chrono::Utc::now());
         let mut cfg = crate::config::Config::from_env().unwrap();
         cfg.secrets_refresh = Duration::from_secs(300);
         let auth = Auth::new(store, keys.clone(), Arc::new(clock.clone()), &cfg);
-        let kid = |t: &SecretString| {
-            jsonwebtoken::decode_header(t.expose())
-                .unwrap()
-                .kid
-                .unwrap()
-        };
-        let old = secrets.versions(JWT_SIGNING_KEY).await.unwrap()[0]
-            .version
-            .clone();
-        assert_eq!(
-            kid(&auth.sign("c", "s").unwrap()),
-            old,
-            "a lone new key signs at once"
-        );
-        let new = secrets
-            .add_version(JWT_SIGNING_KEY, crate::secrets::local::random_key())
-            .unwrap();
+        let kid = |t: &SecretString| jsonwebtoken::decode_header(t.expose()).unwrap().kid.unwrap();
+        let old = secrets.versions(JWT_SIGNING_KEY).await.unwrap()[0].version.clone();
+        assert_eq!(kid(&auth.sign("c", "s").unwrap()), old, "a lone new key signs at once");
+        let new = secrets.add_version(JWT_SIGNING_KEY, crate::secrets::local::random_key()).unwrap();
         keys.refresh().await.unwrap();
-        assert_eq!(
-            kid(&auth.sign("c", "s").unwrap()),
-            old,
-            "the new version is not settled yet"
-        );
+        assert_eq!(kid(&auth.sign("c", "s").unwrap()), old, "the new version is not settled yet");
         clock.advance(chrono::Duration::seconds(301));
         assert_eq!(kid(&auth.sign("c", "s").unwrap()), new);
     }

@@ -78,10 +78,7 @@ pub struct Config {
 }
 
 fn var(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+    std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 fn parse<T: std::str::FromStr>(name: &str, default: T, problems: &mut Vec<String>) -> T {
@@ -106,9 +103,7 @@ impl Config {
     pub fn from_env() -> Result<Config, String> {
         let mut p = Vec::new();
         let functions_port: Option<u16> = var("FUNCTIONS_CUSTOMHANDLER_PORT").and_then(|v| {
-            v.parse()
-                .map_err(|_| p.push(format!("FUNCTIONS_CUSTOMHANDLER_PORT: not a port: {v:?}")))
-                .ok()
+            v.parse().map_err(|_| p.push(format!("FUNCTIONS_CUSTOMHANDLER_PORT: not a port: {v:?}"))).ok()
         });
         let port = functions_port.unwrap_or_else(|| parse("PORT", 5000u16, &mut p));
         let bind_ip: IpAddr = parse("BIND_ADDR", IpAddr::V4(Ipv4Addr::LOCALHOST), &mut p);
@@ -151,17 +146,12 @@ impl Config {
             None | Some("managedidentity") => AzureCredentialKind::ManagedIdentity,
             Some("developer") => AzureCredentialKind::Developer,
             Some(other) => {
-                p.push(format!(
-                    "AZURE_CREDENTIAL: expected managedidentity or developer, got {other:?}"
-                ));
+                p.push(format!("AZURE_CREDENTIAL: expected managedidentity or developer, got {other:?}"));
                 AzureCredentialKind::ManagedIdentity
             }
         };
         if let Some(u) = var("CONNECTOR_BASE_URL") {
-            if !["http://", "https://", "file://"]
-                .iter()
-                .any(|p| u.starts_with(p))
-            {
+            if !["http://", "https://", "file://"].iter().any(|p| u.starts_with(p)) {
                 p.push("CONNECTOR_BASE_URL: expected an http(s) URL or file://<dir>".into());
             }
         }
@@ -180,46 +170,23 @@ impl Config {
             servicebus,
             jwt_issuer: var("JWT_ISSUER").unwrap_or_else(|| "customer360".into()),
             jwt_audience: var("JWT_AUDIENCE").unwrap_or_else(|| "customer360-api".into()),
-            token_ttl: Duration::from_secs(
-                parse("TOKEN_TTL_SECONDS", 3600u64, &mut p).clamp(60, 86_400),
-            ),
+            token_ttl: Duration::from_secs(parse("TOKEN_TTL_SECONDS", 3600u64, &mut p).clamp(60, 86_400)),
             rate_limit_per_minute: parse("RATE_LIMIT_PER_MINUTE", 600u32, &mut p).max(1),
             token_rate_limit_per_minute: parse("TOKEN_RATE_LIMIT_PER_MINUTE", 60u32, &mut p).max(1),
             cors_allowed_origins: var("CORS_ALLOWED_ORIGINS")
-                .map(|v| {
-                    v.split(',')
-                        .map(|o| o.trim().trim_end_matches('/').to_string())
-                        .filter(|o| !o.is_empty())
-                        .collect()
-                })
+                .map(|v| v.split(',').map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect())
                 .unwrap_or_default(),
-            secrets_refresh: Duration::from_secs(
-                parse("SECRETS_REFRESH_SECONDS", 300u64, &mut p).max(1),
-            ),
+            secrets_refresh: Duration::from_secs(parse("SECRETS_REFRESH_SECONDS", 300u64, &mut p).max(1)),
             client_cache_ttl: Duration::from_secs(parse("CLIENT_CACHE_SECONDS", 30u64, &mut p)),
             webhook_allow_loopback: parse("WEBHOOK_ALLOW_LOOPBACK", false, &mut p),
-            webhook_dispatch_interval: Duration::from_millis(parse(
-                "WEBHOOK_DISPATCH_INTERVAL_MS",
-                1000u64,
-                &mut p,
-            )),
-            webhook_timeout: Duration::from_millis(
-                parse("WEBHOOK_TIMEOUT_MS", 10_000u64, &mut p).clamp(100, 10_000),
-            ),
+            webhook_dispatch_interval: Duration::from_millis(parse("WEBHOOK_DISPATCH_INTERVAL_MS", 1000u64, &mut p)),
+            webhook_timeout: Duration::from_millis(parse("WEBHOOK_TIMEOUT_MS", 10_000u64, &mut p).clamp(100, 10_000)),
             connector_base_url: var("CONNECTOR_BASE_URL"),
-            connector_timeout: Duration::from_millis(
-                parse("CONNECTOR_TIMEOUT_MS", 30_000u64, &mut p).max(1),
-            ),
+            connector_timeout: Duration::from_millis(parse("CONNECTOR_TIMEOUT_MS", 30_000u64, &mut p).max(1)),
             connector_max_attempts: parse("CONNECTOR_MAX_ATTEMPTS", 5u32, &mut p).clamp(1, 20),
-            connector_retry_base: Duration::from_millis(parse(
-                "CONNECTOR_RETRY_BASE_MS",
-                500u64,
-                &mut p,
-            )),
+            connector_retry_base: Duration::from_millis(parse("CONNECTOR_RETRY_BASE_MS", 500u64, &mut p)),
             sync_max_delivery_count: parse("SYNC_MAX_DELIVERY_COUNT", 10u32, &mut p).max(1),
-            incremental_sync_interval: Duration::from_secs(
-                parse("INCREMENTAL_SYNC_INTERVAL_SECONDS", 900u64, &mut p).max(1),
-            ),
+            incremental_sync_interval: Duration::from_secs(parse("INCREMENTAL_SYNC_INTERVAL_SECONDS", 900u64, &mut p).max(1)),
             app_insights_connection_string: var("APPLICATIONINSIGHTS_CONNECTION_STRING"),
         };
         if p.is_empty() {

@@ -13,19 +13,13 @@ pub enum Lang {
 impl Lang {
     /// Picks the language with the highest q-value among those we speak.
     pub fn from_accept_language(header: Option<&str>) -> Lang {
-        let Some(header) = header else {
-            return Lang::En;
-        };
+        let Some(header) = header else { return Lang::En };
         let mut best = (Lang::En, -1.0f32);
         for part in header.split(',') {
             let mut it = part.trim().split(';');
             let tag = it.next().unwrap_or("").trim().to_ascii_lowercase();
             let q = it
-                .find_map(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .and_then(|v| v.parse::<f32>().ok())
-                })
+                .find_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.parse::<f32>().ok()))
                 .unwrap_or(1.0);
             let lang = if tag == "pt" || tag.starts_with("pt-") {
                 Some(Lang::Pt)
@@ -60,10 +54,7 @@ pub struct Msg {
 
 impl Msg {
     pub fn new(en: impl Into<String>, pt: impl Into<String>) -> Self {
-        Self {
-            en: en.into(),
-            pt: pt.into(),
-        }
+        Self { en: en.into(), pt: pt.into() }
     }
     pub fn get(&self, lang: Lang) -> &str {
         lang.pick(&self.en, &self.pt)
@@ -124,10 +115,9 @@ impl Code {
 
     pub fn status(self) -> StatusCode {
         match self {
-            Code::ValidationError
-            | Code::InvalidJson
-            | Code::InvalidScope
-            | Code::InvalidRequest => StatusCode::BAD_REQUEST,
+            Code::ValidationError | Code::InvalidJson | Code::InvalidScope | Code::InvalidRequest => {
+                StatusCode::BAD_REQUEST
+            }
             Code::UnsupportedGrantType => StatusCode::BAD_REQUEST,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -157,10 +147,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, en: impl Into<String>, pt: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            msg: Msg::new(en, pt),
-        }
+        Self { field: field.into(), msg: Msg::new(en, pt) }
     }
 }
 
@@ -199,10 +186,7 @@ impl ApiError {
                 format!("Field '{}' is invalid", one.field),
                 format!("Campo '{}' inválido", one.field),
             ),
-            _ => (
-                "Some fields are invalid".to_string(),
-                "Alguns campos são inválidos".to_string(),
-            ),
+            _ => ("Some fields are invalid".to_string(), "Alguns campos são inválidos".to_string()),
         };
         let mut e = Self::new(Code::ValidationError, en, pt);
         e.field_errors = errors;
@@ -217,17 +201,14 @@ impl ApiError {
         Self::new(
             Code::NotFound,
             format!("{what} not found"),
-            format!(
-                "{} não encontrado",
-                match what {
-                    "Customer" => "Cliente",
-                    "Sync job" => "Job de sincronização",
-                    "Webhook" => "Webhook",
-                    "Delivery" => "Entrega",
-                    "Route" => "Recurso",
-                    other => other,
-                }
-            ),
+            format!("{} não encontrado", match what {
+                "Customer" => "Cliente",
+                "Sync job" => "Job de sincronização",
+                "Webhook" => "Webhook",
+                "Delivery" => "Entrega",
+                "Route" => "Recurso",
+                other => other,
+            }),
         )
     }
 
@@ -283,17 +264,11 @@ impl ApiError {
         let mut body = Map::new();
         body.insert("traceId".into(), Value::String(trace_id.to_string()));
         body.insert("code".into(), Value::String(self.code.as_str().to_string()));
-        body.insert(
-            "message".into(),
-            Value::String(self.message.get(lang).to_string()),
-        );
+        body.insert("message".into(), Value::String(self.message.get(lang).to_string()));
         body.insert("details".into(), Value::Object(details));
         if let Some(e) = self.oauth_error {
             body.insert("error".into(), Value::String(e.to_string()));
-            body.insert(
-                "error_description".into(),
-                Value::String(self.message.en.clone()),
-            );
+            body.insert("error_description".into(), Value::String(self.message.en.clone()));
         }
         Value::Object(body)
     }
@@ -328,14 +303,8 @@ mod tests {
 
     #[test]
     fn accept_language_prefers_portuguese_when_weighted_higher() {
-        assert_eq!(
-            Lang::from_accept_language(Some("pt-BR,pt;q=0.9,en;q=0.8")),
-            Lang::Pt
-        );
-        assert_eq!(
-            Lang::from_accept_language(Some("en-US,pt-BR;q=0.5")),
-            Lang::En
-        );
+        assert_eq!(Lang::from_accept_language(Some("pt-BR,pt;q=0.9,en;q=0.8")), Lang::Pt);
+        assert_eq!(Lang::from_accept_language(Some("en-US,pt-BR;q=0.5")), Lang::En);
         assert_eq!(Lang::from_accept_language(Some("fr")), Lang::En);
         assert_eq!(Lang::from_accept_language(None), Lang::En);
     }

@@ -13,8 +13,8 @@ pub mod ratelimit;
 pub mod secrets;
 pub mod seed;
 pub mod store;
-pub mod sync;
 pub mod webhooks;
+pub mod sync;
 
 use clock::SharedClock;
 use config::{Config, StoreKind};
@@ -47,15 +47,11 @@ pub const LOCAL_DEV_CLIENT: &str = "local-dev-client";
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
     match config.store {
         StoreKind::Sqlite => {
-            let s = store::sqlite::SqliteStore::open(&config.data_dir)
-                .map_err(|e| format!("cannot open the store: {e}"))?;
+            let s = store::sqlite::SqliteStore::open(&config.data_dir).map_err(|e| format!("cannot open the store: {e}"))?;
             Ok(s)
         }
         StoreKind::Cosmos => {
-            let cfg = config
-                .cosmos
-                .as_ref()
-                .ok_or("STORE=cosmos: COSMOS_ENDPOINT is required")?;
+            let cfg = config.cosmos.as_ref().ok_or("STORE=cosmos: COSMOS_ENDPOINT is required")?;
             let s = store::cosmos::CosmosStore::open(cfg, config.azure_client_id.as_deref())
                 .await
                 .map_err(|e| format!("cannot open Cosmos DB: {e}"))?;
@@ -63,31 +59,19 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
         }
         #[cfg(feature = "cosmos-emulator")]
         StoreKind::CosmosEmulator => {
-            let db = config
-                .cosmos
-                .as_ref()
-                .map(|c| c.database.clone())
-                .unwrap_or_else(|| "customer360".into());
-            let s = store::cosmos::CosmosStore::open_emulator(&db)
-                .await
-                .map_err(|e| format!("cannot start the Cosmos emulator: {e}"))?;
+            let db = config.cosmos.as_ref().map(|c| c.database.clone()).unwrap_or_else(|| "customer360".into());
+            let s = store::cosmos::CosmosStore::open_emulator(&db).await.map_err(|e| format!("cannot start the Cosmos emulator: {e}"))?;
             Ok(s)
         }
         #[cfg(not(feature = "cosmos-emulator"))]
-        StoreKind::CosmosEmulator => {
-            Err("STORE=cosmos-emulator: build with --features cosmos-emulator".into())
-        }
+        StoreKind::CosmosEmulator => Err("STORE=cosmos-emulator: build with --features cosmos-emulator".into()),
     }
 }
 
 pub async fn open_secrets(config: &Config) -> Result<Arc<dyn Secrets>, String> {
     match &config.keyvault_url {
-        Some(_) => Ok(Arc::new(secrets::keyvault::KeyVaultSecrets::from_config(
-            config,
-        )?)),
-        None => Ok(Arc::new(
-            secrets::local::LocalSecrets::open(&config.data_dir).map_err(|e| e.to_string())?,
-        )),
+        Some(_) => Ok(Arc::new(secrets::keyvault::KeyVaultSecrets::from_config(config)?)),
+        None => Ok(Arc::new(secrets::local::LocalSecrets::open(&config.data_dir).map_err(|e| e.to_string())?)),
     }
 }
 
@@ -96,16 +80,11 @@ pub async fn build(config: Config, clock: SharedClock) -> Result<Arc<App>, Strin
     let store = open_store(&config).await?;
     let secrets = open_secrets(&config).await?;
     let queue = queue::open(&config, secrets.clone()).await?;
-    let keys = KeyRing::load(secrets)
-        .await
-        .map_err(|e| format!("cannot load keys: {e}"))?;
+    let keys = KeyRing::load(secrets).await.map_err(|e| format!("cannot load keys: {e}"))?;
     let auth = auth::Auth::new(store.clone(), keys.clone(), clock.clone(), &config);
     Ok(Arc::new(App {
         limiter: ratelimit::RateLimiter::per_minute(config.rate_limit_per_minute, clock.clone()),
-        token_limiter: ratelimit::RateLimiter::per_minute(
-            config.token_rate_limit_per_minute,
-            clock.clone(),
-        ),
+        token_limiter: ratelimit::RateLimiter::per_minute(config.token_rate_limit_per_minute, clock.clone()),
         config,
         store,
         clock,
@@ -121,31 +100,16 @@ pub async fn ensure_dev_client(app: &App) -> Result<(), String> {
     if app.config.functions_mode || app.config.keyvault_url.is_some() {
         return Ok(());
     }
-    if !app
-        .store
-        .list_clients()
-        .await
-        .map_err(|e| e.to_string())?
-        .is_empty()
-    {
+    if !app.store.list_clients().await.map_err(|e| e.to_string())?.is_empty() {
         return Ok(());
     }
     let scopes = auth::SCOPES.iter().map(|s| s.to_string()).collect();
-    let (client, secret) = auth::create_client(
-        app.store.as_ref(),
-        "local development",
-        scopes,
-        app.clock.now(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let local =
-        secrets::local::LocalSecrets::open(&app.config.data_dir).map_err(|e| e.to_string())?;
-    let creds =
-        serde_json::json!({ "clientId": client.id, "clientSecret": secret.expose() }).to_string();
-    local
-        .add_version(LOCAL_DEV_CLIENT, creds)
+    let (client, secret) = auth::create_client(app.store.as_ref(), "local development", scopes, app.clock.now())
+        .await
         .map_err(|e| e.to_string())?;
+    let local = secrets::local::LocalSecrets::open(&app.config.data_dir).map_err(|e| e.to_string())?;
+    let creds = serde_json::json!({ "clientId": client.id, "clientSecret": secret.expose() }).to_string();
+    local.add_version(LOCAL_DEV_CLIENT, creds).map_err(|e| e.to_string())?;
     eprintln!(
         "Created a local development client (kept in {}/secrets.json):\n  clientId:     {}\n  clientSecret: {}",
         app.config.data_dir.display(),
@@ -174,17 +138,9 @@ pub async fn serve(
         })
     };
     // Under Functions the WebhookDispatch timer sends webhooks instead.
-    let dispatcher = if app.config.functions_mode {
-        None
-    } else {
-        webhooks::spawn_dispatcher(app.clone())
-    };
+    let dispatcher = if app.config.functions_mode { None } else { webhooks::spawn_dispatcher(app.clone()) };
     let sync_tasks = sync::start(app.clone());
-    warp::serve(api::routes(app.clone()))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    warp::serve(api::routes(app.clone())).incoming(listener).graceful(shutdown).run().await;
     sync_tasks.iter().for_each(|t| t.abort());
     refresh.abort();
     sweeper.abort();

@@ -6,11 +6,7 @@ use std::sync::Arc;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "customer360",
-    version,
-    about = "Customer360 CRM intelligence API"
-)]
+#[command(name = "customer360", version, about = "Customer360 CRM intelligence API")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -41,19 +37,12 @@ enum ClientsCmd {
     Create {
         #[arg(long)]
         name: String,
-        #[arg(
-            long,
-            default_value = "customer.read customer.write insights.read sync.write"
-        )]
+        #[arg(long, default_value = "customer.read customer.write insights.read sync.write")]
         scopes: String,
     },
     List,
-    Revoke {
-        id: String,
-    },
-    RotateSecret {
-        id: String,
-    },
+    Revoke { id: String },
+    RotateSecret { id: String },
 }
 
 #[derive(Subcommand)]
@@ -98,67 +87,36 @@ async fn main() {
         Command::Serve => {
             let _log_guard = customer360::init_logging();
             // Bind first: the Functions host polls GET / while we load the rest.
-            let listener = tokio::net::TcpListener::bind(config.bind)
-                .await
-                .unwrap_or_else(|e| fail(format!("cannot listen on {}: {e}", config.bind)));
-            let addr = listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            let app = customer360::build(config, Arc::new(SystemClock))
-                .await
-                .unwrap_or_else(|e| fail(e));
-            customer360::ensure_dev_client(&app)
-                .await
-                .unwrap_or_else(|e| fail(e));
+            let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap_or_else(|e| fail(format!("cannot listen on {}: {e}", config.bind)));
+            let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let app = customer360::build(config, Arc::new(SystemClock)).await.unwrap_or_else(|e| fail(e));
+            customer360::ensure_dev_client(&app).await.unwrap_or_else(|e| fail(e));
             tracing::info!(addr = %addr, store = ?app.config.store, functions = app.config.functions_mode, "listening");
             customer360::serve(app, listener, shutdown_signal()).await;
         }
         Command::Clients(cmd) => {
-            let store = customer360::open_store(&config)
-                .await
-                .unwrap_or_else(|e| fail(e));
+            let store = customer360::open_store(&config).await.unwrap_or_else(|e| fail(e));
             let now = chrono::Utc::now();
             match cmd {
                 ClientsCmd::Create { name, scopes } => {
-                    let scopes = auth::parse_scopes(&scopes)
-                        .unwrap_or_else(|s| fail(format!("unknown scope {s:?}")));
-                    let (c, secret) = auth::create_client(store.as_ref(), &name, scopes, now)
-                        .await
-                        .unwrap_or_else(|e| fail(e));
-                    println!(
-                        "clientId:     {}\nclientSecret: {}\nscopes:       {}",
-                        c.id,
-                        secret.expose(),
-                        c.scopes.join(" ")
-                    );
+                    let scopes = auth::parse_scopes(&scopes).unwrap_or_else(|s| fail(format!("unknown scope {s:?}")));
+                    let (c, secret) = auth::create_client(store.as_ref(), &name, scopes, now).await.unwrap_or_else(|e| fail(e));
+                    println!("clientId:     {}\nclientSecret: {}\nscopes:       {}", c.id, secret.expose(), c.scopes.join(" "));
                 }
                 ClientsCmd::List => {
                     for c in store.list_clients().await.unwrap_or_else(|e| fail(e)) {
-                        let status = if c.revoked_at.is_some() {
-                            "revoked"
-                        } else {
-                            "active"
-                        };
+                        let status = if c.revoked_at.is_some() { "revoked" } else { "active" };
                         println!("{}\t{}\t{}\t{}", c.id, status, c.name, c.scopes.join(" "));
                     }
                 }
                 ClientsCmd::Revoke { id } => {
-                    let mut c = store
-                        .get_client(&id)
-                        .await
-                        .unwrap_or_else(|e| fail(e))
-                        .unwrap_or_else(|| fail("no such client"));
+                    let mut c = store.get_client(&id).await.unwrap_or_else(|e| fail(e)).unwrap_or_else(|| fail("no such client"));
                     c.revoked_at.get_or_insert(now);
                     store.update_client(&c).await.unwrap_or_else(|e| fail(e));
                     println!("revoked {id}");
                 }
                 ClientsCmd::RotateSecret { id } => {
-                    let mut c = store
-                        .get_client(&id)
-                        .await
-                        .unwrap_or_else(|e| fail(e))
-                        .unwrap_or_else(|| fail("no such client"));
+                    let mut c = store.get_client(&id).await.unwrap_or_else(|e| fail(e)).unwrap_or_else(|| fail("no such client"));
                     let secret = auth::new_secret();
                     c.secret_hash = auth::hash_secret(secret.expose());
                     store.update_client(&c).await.unwrap_or_else(|e| fail(e));
@@ -168,33 +126,21 @@ async fn main() {
             store.close().await;
         }
         Command::Seed { count, seed } => {
-            let store = customer360::open_store(&config)
-                .await
-                .unwrap_or_else(|e| fail(e));
+            let store = customer360::open_store(&config).await.unwrap_or_else(|e| fail(e));
             let started = std::time::Instant::now();
-            customer360::seed::seed(store.clone(), count, seed)
-                .await
-                .unwrap_or_else(|e| fail(e));
+            customer360::seed::seed(store.clone(), count, seed).await.unwrap_or_else(|e| fail(e));
             store.close().await;
-            eprintln!(
-                "seeded {count} customers in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
+            eprintln!("seeded {count} customers in {:.1} s", started.elapsed().as_secs_f64());
         }
         Command::Keys(cmd) => {
-            let local =
-                secrets::local::LocalSecrets::open(&config.data_dir).unwrap_or_else(|e| fail(e));
+            let local = secrets::local::LocalSecrets::open(&config.data_dir).unwrap_or_else(|e| fail(e));
             match cmd {
                 KeysCmd::Rotate { name } => {
-                    let v = local
-                        .add_version(&name, secrets::local::random_key())
-                        .unwrap_or_else(|e| fail(e));
+                    let v = local.add_version(&name, secrets::local::random_key()).unwrap_or_else(|e| fail(e));
                     println!("{name}: new version {v}");
                 }
                 KeysCmd::Disable { name, version } => {
-                    local
-                        .set_enabled(&name, &version, false)
-                        .unwrap_or_else(|e| fail(e));
+                    local.set_enabled(&name, &version, false).unwrap_or_else(|e| fail(e));
                     println!("{name}: disabled {version}");
                 }
                 KeysCmd::List { name } => {

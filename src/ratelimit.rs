@@ -21,12 +21,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn per_minute(limit: u32, clock: SharedClock) -> Self {
-        Self {
-            limit,
-            window_secs: 60,
-            clock,
-            windows: DashMap::new(),
-        }
+        Self { limit, window_secs: 60, clock, windows: DashMap::new() }
     }
 
     pub fn check(&self, key: &str) -> Decision {
@@ -41,12 +36,7 @@ impl RateLimiter {
         if allowed {
             entry.1 += 1;
         }
-        Decision {
-            allowed,
-            limit: self.limit,
-            remaining: self.limit.saturating_sub(entry.1),
-            reset_in,
-        }
+        Decision { allowed, limit: self.limit, remaining: self.limit.saturating_sub(entry.1), reset_in }
     }
 
     /// Drops windows that have ended, so memory stays bounded by active keys.
@@ -68,10 +58,7 @@ mod tests {
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 10).unwrap());
         let rl = RateLimiter::per_minute(3, Arc::new(clock.clone()));
         let d: Vec<_> = (0..4).map(|_| rl.check("c1")).collect();
-        assert_eq!(
-            d.iter().map(|d| d.allowed).collect::<Vec<_>>(),
-            [true, true, true, false]
-        );
+        assert_eq!(d.iter().map(|d| d.allowed).collect::<Vec<_>>(), [true, true, true, false]);
         assert_eq!(d[0].remaining, 2);
         assert_eq!(d[3].remaining, 0);
         assert_eq!(d[3].reset_in, 50);

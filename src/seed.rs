@@ -10,104 +10,23 @@ use serde_json::json;
 use std::sync::Arc;
 
 const FIRST: &[&str] = &[
-    "Maria",
-    "José",
-    "Ana",
-    "João",
-    "Francisca",
-    "Antônio",
-    "Juliana",
-    "Carlos",
-    "Mariana",
-    "Paulo",
-    "Beatriz",
-    "Lucas",
-    "Fernanda",
-    "Pedro",
-    "Camila",
-    "Rafael",
-    "Larissa",
-    "Gabriel",
-    "Aline",
-    "Marcos",
-    "Emma",
-    "Liam",
-    "Olivia",
-    "Noah",
-    "Sophia",
-    "Mateo",
-    "Yuki",
-    "Wei",
-    "Aisha",
-    "Ravi",
-    "Ingrid",
-    "Lars",
-    "Chloé",
-    "Giulia",
-    "Mariana",
-    "Rosa",
-    "Tomás",
-    "Marina",
-    "Helena",
-    "Davi",
+    "Maria", "José", "Ana", "João", "Francisca", "Antônio", "Juliana", "Carlos", "Mariana", "Paulo", "Beatriz",
+    "Lucas", "Fernanda", "Pedro", "Camila", "Rafael", "Larissa", "Gabriel", "Aline", "Marcos", "Emma", "Liam",
+    "Olivia", "Noah", "Sophia", "Mateo", "Yuki", "Wei", "Aisha", "Ravi", "Ingrid", "Lars", "Chloé", "Giulia",
+    "Mariana", "Rosa", "Tomás", "Marina", "Helena", "Davi",
 ];
 const LAST: &[&str] = &[
-    "Silva",
-    "Santos",
-    "Oliveira",
-    "Souza",
-    "Rodrigues",
-    "Ferreira",
-    "Alves",
-    "Pereira",
-    "Lima",
-    "Gomes",
-    "Costa",
-    "Ribeiro",
-    "Martins",
-    "Carvalho",
-    "Almeida",
-    "Lopes",
-    "Soares",
-    "Fernandes",
-    "Vieira",
-    "Barbosa",
-    "Smith",
-    "Johnson",
-    "Müller",
-    "García",
-    "Rossi",
-    "Tanaka",
-    "Chen",
-    "Khan",
-    "Patel",
-    "Dubois",
-    "Andersson",
-    "Novak",
+    "Silva", "Santos", "Oliveira", "Souza", "Rodrigues", "Ferreira", "Alves", "Pereira", "Lima", "Gomes", "Costa",
+    "Ribeiro", "Martins", "Carvalho", "Almeida", "Lopes", "Soares", "Fernandes", "Vieira", "Barbosa", "Smith",
+    "Johnson", "Müller", "García", "Rossi", "Tanaka", "Chen", "Khan", "Patel", "Dubois", "Andersson", "Novak",
 ];
 const CITIES: &[(&str, &str, &str)] = &[
-    ("São Paulo", "SP", "BR"),
-    ("Rio de Janeiro", "RJ", "BR"),
-    ("Belo Horizonte", "MG", "BR"),
-    ("Curitiba", "PR", "BR"),
-    ("Recife", "PE", "BR"),
-    ("Porto Alegre", "RS", "BR"),
-    ("Lisboa", "LX", "PT"),
-    ("New York", "NY", "US"),
-    ("Berlin", "BE", "DE"),
-    ("Buenos Aires", "BA", "AR"),
+    ("São Paulo", "SP", "BR"), ("Rio de Janeiro", "RJ", "BR"), ("Belo Horizonte", "MG", "BR"), ("Curitiba", "PR", "BR"),
+    ("Recife", "PE", "BR"), ("Porto Alegre", "RS", "BR"), ("Lisboa", "LX", "PT"), ("New York", "NY", "US"),
+    ("Berlin", "BE", "DE"), ("Buenos Aires", "BA", "AR"),
 ];
 const UTM: &[&str] = &["meta_ads", "google", "organic", "referral"];
-const TAGS: &[&str] = &[
-    "ecommerce",
-    "vip",
-    "newsletter",
-    "partner-referral",
-    "campaign-2025",
-    "b2b",
-    "b2c",
-    "churn-risk",
-];
+const TAGS: &[&str] = &["ecommerce", "vip", "newsletter", "partner-referral", "campaign-2025", "b2b", "b2c", "churn-risk"];
 
 fn ascii(s: &str) -> String {
     s.chars()
@@ -128,22 +47,14 @@ fn ascii(s: &str) -> String {
 const SPAN_SECONDS: i64 = 2 * 365 * 86_400;
 
 /// Customer number `i`, created at a random time in the span before `until`.
-pub fn synthetic_anytime(
-    rng: &mut StdRng,
-    i: u64,
-    until: DateTime<Utc>,
-) -> crate::store::CustomerWrite {
+pub fn synthetic_anytime(rng: &mut StdRng, i: u64, until: DateTime<Utc>) -> crate::store::CustomerWrite {
     let created = until - Duration::seconds(rng.gen_range(0..SPAN_SECONDS));
     synthetic(rng, i, created, until)
 }
 
-/// Customer number `i`, created at `created` (stage changes follow it, up to `until`).
-pub fn synthetic(
-    rng: &mut StdRng,
-    i: u64,
-    created: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> crate::store::CustomerWrite {
+/// The i-th synthetic customer and the write that stores it, with its stage history: created
+/// at `created`, its stage changes following up to `until`.
+pub fn synthetic(rng: &mut StdRng, i: u64, created: DateTime<Utc>, until: DateTime<Utc>) -> crate::store::CustomerWrite {
     let first = FIRST[rng.gen_range(0..FIRST.len())];
     let last = LAST[rng.gen_range(0..LAST.len())];
     let ulid = ulid::Ulid::from_parts(created.timestamp_millis() as u64, rng.gen::<u128>());
@@ -181,11 +92,7 @@ pub fn synthetic(
         50..=74 => &[LifecycleStage::Opportunity],
         75..=89 => &[LifecycleStage::Opportunity, LifecycleStage::Customer],
         90..=94 => &[LifecycleStage::Customer],
-        _ => &[
-            LifecycleStage::Opportunity,
-            LifecycleStage::Customer,
-            LifecycleStage::Churn,
-        ],
+        _ => &[LifecycleStage::Opportunity, LifecycleStage::Customer, LifecycleStage::Churn],
     };
     for stage in path {
         let next = at + Duration::seconds(rng.gen_range(3_600..45 * 86_400));
@@ -198,24 +105,16 @@ pub fn synthetic(
         new.lifecycle_stage = *stage;
         new.updated_at = at;
         w.rollups.extend(rollup_deltas(Some(&old), &mut new, at));
-        w.stage_changes.push(StageChange {
-            customer_id: new.id.clone(),
-            from: Some(old.lifecycle_stage),
-            to: *stage,
-            at,
-        });
+        w.stage_changes.push(StageChange { customer_id: new.id.clone(), from: Some(old.lifecycle_stage), to: *stage, at });
         w.customer = new;
     }
     w
 }
 
 pub async fn seed(store: Arc<dyn Store>, count: u64, seed: u64) -> Result<(), String> {
-    let until = Utc
-        .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
-        .single()
-        .unwrap_or_else(Utc::now);
+    let until = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).single().unwrap_or_else(Utc::now);
     let mut rng = StdRng::seed_from_u64(seed);
-    // Creation times spread over two years, written oldest first as customers arrive: the
+    // Creation times spread over the span, written oldest first as customers arrive: the
     // time-ordered indexes (id, createdAt) then grow at their ends instead of everywhere.
     let mut ages: Vec<i64> = (0..count).map(|_| rng.gen_range(0..SPAN_SECONDS)).collect();
     ages.sort_unstable_by(|a, b| b.cmp(a));

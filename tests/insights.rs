@@ -16,34 +16,12 @@ fn d(s: &str) -> NaiveDate {
 }
 
 async fn create(store: &dyn Store, id: &str, at: &str, score: u8) {
-    let fields = CustomerFields {
-        name: Some(id.to_string()),
-        engagement_score: Some(score),
-        ..Default::default()
-    };
-    let id = format!(
-        "cstm_{}",
-        ulid::Ulid::from_parts(
-            t(at).timestamp_millis() as u64,
-            id.len() as u128 * 7919 + id.as_bytes()[0] as u128
-        )
-    );
-    store
-        .write_customer(new_customer_write(
-            fields.into_new_customer(id, t(at)),
-            t(at),
-        ))
-        .await
-        .unwrap();
+    let fields = CustomerFields { name: Some(id.to_string()), engagement_score: Some(score), ..Default::default() };
+    let id = format!("cstm_{}", ulid::Ulid::from_parts(t(at).timestamp_millis() as u64, id.len() as u128 * 7919 + id.as_bytes()[0] as u128));
+    store.write_customer(new_customer_write(fields.into_new_customer(id, t(at)), t(at))).await.unwrap();
 }
 
-async fn change(
-    store: &dyn Store,
-    name: &str,
-    at: &str,
-    stage: Option<LifecycleStage>,
-    score: Option<u8>,
-) {
+async fn change(store: &dyn Store, name: &str, at: &str, stage: Option<LifecycleStage>, score: Option<u8>) {
     let page = store
         .list_customers(&customer360::store::ListQuery {
             search: Some(name.to_lowercase()),
@@ -62,10 +40,7 @@ async fn change(
     if let Some(s) = score {
         new.engagement_score = s;
     }
-    store
-        .write_customer(update_customer_write(&old, new, t(at)).unwrap())
-        .await
-        .unwrap();
+    store.write_customer(update_customer_write(&old, new, t(at)).unwrap()).await.unwrap();
 }
 
 /// The data set. Names are long enough for the trigram search the helper uses to find them.
@@ -73,14 +48,7 @@ async fn load(store: &dyn Store) {
     use LifecycleStage::*;
     // Anna: Lead -> Opportunity on the leap day -> Customer across the month boundary -> Churn.
     create(store, "Anna", "2024-02-28T10:00:00Z", 20).await;
-    change(
-        store,
-        "Anna",
-        "2024-02-29T09:00:00Z",
-        Some(Opportunity),
-        None,
-    )
-    .await;
+    change(store, "Anna", "2024-02-29T09:00:00Z", Some(Opportunity), None).await;
     change(store, "Anna", "2024-03-01T10:00:00Z", Some(Customer), None).await;
     change(store, "Anna", "2024-03-10T10:00:00Z", Some(Churn), None).await;
     // Bruno: skips Opportunity, converts on a Monday; score moves 51-75 -> 76-100.
@@ -92,14 +60,7 @@ async fn load(store: &dyn Store) {
     change(store, "Carla", "2024-03-05T08:00:00Z", None, Some(26)).await;
     // Diego: created in the last minute of March, Opportunity in the first minute of April.
     create(store, "Diego", "2024-03-31T23:59:00Z", 100).await;
-    change(
-        store,
-        "Diego",
-        "2024-04-01T00:00:00Z",
-        Some(Opportunity),
-        None,
-    )
-    .await;
+    change(store, "Diego", "2024-04-01T00:00:00Z", Some(Opportunity), None).await;
     // Elisa: created and converted around New Year, outside most ranges.
     create(store, "Elisa", "2023-12-31T22:00:00Z", 50).await;
     change(store, "Elisa", "2024-01-02T10:00:00Z", Some(Customer), None).await;
@@ -122,14 +83,8 @@ async fn known_answers(store: Arc<dyn Store>) -> Vec<Value> {
     let mut all = Vec::new();
 
     let weeks = insights(store.as_ref(), "2024-02-26", "2024-03-31", GroupBy::Week).await;
-    assert_eq!(
-        weeks["period"],
-        json!({"from": "2024-02-26", "to": "2024-03-31", "groupBy": "week"})
-    );
-    assert_eq!(
-        weeks["kpis"],
-        json!({"totalLeads": 4, "conversionRate": 0.5, "avgSalesCycleDays": 3.0})
-    );
+    assert_eq!(weeks["period"], json!({"from": "2024-02-26", "to": "2024-03-31", "groupBy": "week"}));
+    assert_eq!(weeks["kpis"], json!({"totalLeads": 4, "conversionRate": 0.5, "avgSalesCycleDays": 3.0}));
     assert_eq!(weeks["engagementDistribution"], dist(1, 1, 0, 2));
     assert_eq!(
         weeks["trend"],
@@ -144,10 +99,7 @@ async fn known_answers(store: Arc<dyn Store>) -> Vec<Value> {
     all.push(weeks);
 
     let leap = insights(store.as_ref(), "2024-02-28", "2024-03-01", GroupBy::Day).await;
-    assert_eq!(
-        leap["kpis"],
-        json!({"totalLeads": 2, "conversionRate": 1.0, "avgSalesCycleDays": 3.0})
-    );
+    assert_eq!(leap["kpis"], json!({"totalLeads": 2, "conversionRate": 1.0, "avgSalesCycleDays": 3.0}));
     assert_eq!(leap["engagementDistribution"], dist(1, 0, 0, 1));
     assert_eq!(
         leap["trend"],
@@ -160,23 +112,13 @@ async fn known_answers(store: Arc<dyn Store>) -> Vec<Value> {
     all.push(leap);
 
     let months = insights(store.as_ref(), "2023-12-15", "2024-04-30", GroupBy::Month).await;
-    assert_eq!(
-        months["kpis"],
-        json!({"totalLeads": 5, "conversionRate": 0.6, "avgSalesCycleDays": 2.5})
-    );
+    assert_eq!(months["kpis"], json!({"totalLeads": 5, "conversionRate": 0.6, "avgSalesCycleDays": 2.5}));
     assert_eq!(months["engagementDistribution"], dist(1, 2, 0, 2));
     let trend: Vec<(String, i64, i64, i64)> = months["trend"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| {
-            (
-                r["date"].as_str().unwrap().into(),
-                r["newLeads"].as_i64().unwrap(),
-                r["opportunities"].as_i64().unwrap(),
-                r["closedWon"].as_i64().unwrap(),
-            )
-        })
+        .map(|r| (r["date"].as_str().unwrap().into(), r["newLeads"].as_i64().unwrap(), r["opportunities"].as_i64().unwrap(), r["closedWon"].as_i64().unwrap()))
         .collect();
     assert_eq!(
         trend,
@@ -191,17 +133,10 @@ async fn known_answers(store: Arc<dyn Store>) -> Vec<Value> {
     all.push(months);
 
     let empty = insights(store.as_ref(), "2025-01-01", "2025-01-31", GroupBy::Day).await;
-    assert_eq!(
-        empty["kpis"],
-        json!({"totalLeads": 0, "conversionRate": 0.0, "avgSalesCycleDays": null})
-    );
+    assert_eq!(empty["kpis"], json!({"totalLeads": 0, "conversionRate": 0.0, "avgSalesCycleDays": null}));
     assert_eq!(empty["engagementDistribution"], dist(0, 0, 0, 0));
     assert_eq!(empty["trend"].as_array().unwrap().len(), 31);
-    assert!(empty["trend"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|r| r["newLeads"] == 0 && r["closedWon"] == 0));
+    assert!(empty["trend"].as_array().unwrap().iter().all(|r| r["newLeads"] == 0 && r["closedWon"] == 0));
     all.push(empty);
     all
 }

@@ -3,28 +3,17 @@
 use chrono::{DateTime, Duration, Utc};
 use customer360::api::customers::new_customer_write;
 use customer360::domain::parse_fields;
-use customer360::store::{
-    AttemptResult, DeliveryStatus, Store, StoreError, WebhookDelivery, WebhookSubscription,
-};
+use customer360::store::{AttemptResult, DeliveryStatus, Store, StoreError, WebhookDelivery, WebhookSubscription};
 use serde_json::json;
 use std::sync::Arc;
 
 fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
 }
 
 async fn write_customer(store: &dyn Store, n: u32, at: DateTime<Utc>) -> String {
-    let fields = parse_fields(
-        &json!({"name": format!("C{n}"), "email": format!("c{n}@example.com")}),
-        false,
-    )
-    .unwrap();
-    let w = new_customer_write(
-        fields.into_new_customer(customer360::ids::new_id("cstm"), at),
-        at,
-    );
+    let fields = parse_fields(&json!({"name": format!("C{n}"), "email": format!("c{n}@example.com")}), false).unwrap();
+    let w = new_customer_write(fields.into_new_customer(customer360::ids::new_id("cstm"), at), at);
     let event_id = w.events[0].id.clone();
     store.write_customer(w).await.unwrap();
     event_id
@@ -74,19 +63,10 @@ pub async fn subscriptions_are_stored_listed_and_deleted(store: &dyn Store) {
     let b = subscription(&["sync.failed", "sync.completed"], t0());
     store.create_subscription(&a).await.unwrap();
     store.create_subscription(&b).await.unwrap();
-    assert_eq!(
-        store.get_subscription(&a.id).await.unwrap(),
-        Some(a.clone())
-    );
-    assert_eq!(
-        store.list_subscriptions().await.unwrap(),
-        vec![a.clone(), b.clone()]
-    );
+    assert_eq!(store.get_subscription(&a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.list_subscriptions().await.unwrap(), vec![a.clone(), b.clone()]);
     store.delete_subscription(&a.id).await.unwrap();
-    assert_eq!(
-        store.delete_subscription(&a.id).await,
-        Err(StoreError::NotFound)
-    );
+    assert_eq!(store.delete_subscription(&a.id).await, Err(StoreError::NotFound));
     assert_eq!(store.list_subscriptions().await.unwrap(), vec![b]);
 }
 
@@ -95,39 +75,15 @@ pub async fn fan_out_is_idempotent_and_never_goes_back(store: &dyn Store) {
     store.create_subscription(&sub).await.unwrap();
     let e1 = write_customer(store, 1, t0()).await;
     let e2 = write_customer(store, 2, t0()).await;
-    let pending: Vec<String> = store
-        .events_to_fan_out(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let pending: Vec<String> = store.events_to_fan_out(10).await.unwrap().into_iter().map(|e| e.id).collect();
     assert_eq!(pending, vec![e1.clone(), e2.clone()]);
-    store
-        .fan_out(
-            vec![delivery(&sub.id, &e1, t0()), delivery(&sub.id, &e2, t0())],
-            &pending,
-        )
-        .await
-        .unwrap();
+    store.fan_out(vec![delivery(&sub.id, &e1, t0()), delivery(&sub.id, &e2, t0())], &pending).await.unwrap();
     assert!(store.events_to_fan_out(10).await.unwrap().is_empty());
     // A second instance that read the same events before makes nothing new and moves nothing back.
-    store
-        .fan_out(
-            vec![delivery(&sub.id, &e1, t0())],
-            std::slice::from_ref(&e1),
-        )
-        .await
-        .unwrap();
+    store.fan_out(vec![delivery(&sub.id, &e1, t0())], std::slice::from_ref(&e1)).await.unwrap();
     assert!(store.events_to_fan_out(10).await.unwrap().is_empty());
     let e3 = write_customer(store, 3, t0()).await;
-    let pending: Vec<String> = store
-        .events_to_fan_out(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let pending: Vec<String> = store.events_to_fan_out(10).await.unwrap().into_iter().map(|e| e.id).collect();
     assert_eq!(pending, vec![e3]);
     let list = store.list_deliveries(&sub.id, 10).await.unwrap();
     assert_eq!(list.len(), 2);
@@ -139,107 +95,35 @@ pub async fn a_due_delivery_is_leased_to_one_owner_until_the_lease_expires(store
     store.create_subscription(&sub).await.unwrap();
     let e = write_customer(store, 4, t0()).await;
     let d = delivery(&sub.id, &e, t0() + Duration::minutes(1));
-    store
-        .fan_out(vec![d.clone()], std::slice::from_ref(&e))
-        .await
-        .unwrap();
+    store.fan_out(vec![d.clone()], std::slice::from_ref(&e)).await.unwrap();
     // Not due yet.
-    assert!(store
-        .claim_due_deliveries(t0(), t0() + Duration::minutes(2), "a", 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(store.claim_due_deliveries(t0(), t0() + Duration::minutes(2), "a", 10).await.unwrap().is_empty());
     let now = t0() + Duration::minutes(1);
-    let got = store
-        .claim_due_deliveries(now, now + Duration::minutes(2), "a", 10)
-        .await
-        .unwrap();
-    assert_eq!(
-        got.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
-        vec![d.id.as_str()]
-    );
-    assert!(store
-        .claim_due_deliveries(now, now + Duration::minutes(2), "b", 10)
-        .await
-        .unwrap()
-        .is_empty());
+    let got = store.claim_due_deliveries(now, now + Duration::minutes(2), "a", 10).await.unwrap();
+    assert_eq!(got.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec![d.id.as_str()]);
+    assert!(store.claim_due_deliveries(now, now + Duration::minutes(2), "b", 10).await.unwrap().is_empty());
     // The holder died: after the lease, another instance takes it, and the old holder's result is refused.
     let later = now + Duration::minutes(3);
-    assert_eq!(
-        store
-            .claim_due_deliveries(later, later + Duration::minutes(2), "b", 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    assert!(!store
-        .record_attempt(&d.id, "a", &failed_attempt(later, later))
-        .await
-        .unwrap());
+    assert_eq!(store.claim_due_deliveries(later, later + Duration::minutes(2), "b", 10).await.unwrap().len(), 1);
+    assert!(!store.record_attempt(&d.id, "a", &failed_attempt(later, later)).await.unwrap());
     let next = later + Duration::minutes(5);
-    assert!(store
-        .record_attempt(&d.id, "b", &failed_attempt(later, next))
-        .await
-        .unwrap());
+    assert!(store.record_attempt(&d.id, "b", &failed_attempt(later, next)).await.unwrap());
     let stored = store.get_delivery(&sub.id, &d.id).await.unwrap().unwrap();
-    assert_eq!(
-        (stored.status, stored.attempts, stored.retry_step),
-        (DeliveryStatus::Pending, 1, 1)
-    );
-    assert_eq!(
-        (stored.last_status_code, stored.next_attempt_at),
-        (Some(500), Some(next))
-    );
+    assert_eq!((stored.status, stored.attempts, stored.retry_step), (DeliveryStatus::Pending, 1, 1));
+    assert_eq!((stored.last_status_code, stored.next_attempt_at), (Some(500), Some(next)));
     // The lease was freed: due again at `next`.
-    assert_eq!(
-        store
-            .claim_due_deliveries(next, next + Duration::minutes(2), "c", 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    let done = AttemptResult {
-        at: next,
-        status_code: Some(204),
-        error: None,
-        status: DeliveryStatus::Delivered,
-        next_attempt_at: None,
-    };
+    assert_eq!(store.claim_due_deliveries(next, next + Duration::minutes(2), "c", 10).await.unwrap().len(), 1);
+    let done = AttemptResult { at: next, status_code: Some(204), error: None, status: DeliveryStatus::Delivered, next_attempt_at: None };
     assert!(store.record_attempt(&d.id, "c", &done).await.unwrap());
     let stored = store.get_delivery(&sub.id, &d.id).await.unwrap().unwrap();
-    assert_eq!(
-        (stored.status, stored.attempts, stored.delivered_at),
-        (DeliveryStatus::Delivered, 2, Some(next))
-    );
+    assert_eq!((stored.status, stored.attempts, stored.delivered_at), (DeliveryStatus::Delivered, 2, Some(next)));
     let far = next + Duration::days(2);
-    assert!(
-        store
-            .claim_due_deliveries(far, far, "d", 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "delivered is never sent again"
-    );
+    assert!(store.claim_due_deliveries(far, far, "d", 10).await.unwrap().is_empty(), "delivered is never sent again");
     // Redelivery: pending, due now, fresh schedule.
     let r = store.redeliver(&sub.id, &d.id, far).await.unwrap();
-    assert_eq!(
-        (r.status, r.retry_step, r.next_attempt_at, r.attempts),
-        (DeliveryStatus::Pending, 0, Some(far), 2)
-    );
-    assert_eq!(
-        store.redeliver("whk_other", &d.id, far).await.unwrap_err(),
-        StoreError::NotFound
-    );
-    assert_eq!(
-        store
-            .claim_due_deliveries(far, far + Duration::minutes(2), "e", 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!((r.status, r.retry_step, r.next_attempt_at, r.attempts), (DeliveryStatus::Pending, 0, Some(far), 2));
+    assert_eq!(store.redeliver("whk_other", &d.id, far).await.unwrap_err(), StoreError::NotFound);
+    assert_eq!(store.claim_due_deliveries(far, far + Duration::minutes(2), "e", 10).await.unwrap().len(), 1);
     // Deleting the subscription takes its deliveries with it.
     store.delete_subscription(&sub.id).await.unwrap();
     assert_eq!(store.get_delivery(&sub.id, &d.id).await.unwrap(), None);
@@ -253,25 +137,13 @@ pub async fn racing_instances_claim_each_delivery_once_and_fan_out_once(store: &
         events.push(write_customer(store, 100 + n, t0()).await);
     }
     // Two instances fan out the same batch at once, each with its own delivery ids.
-    let batch = |events: &[String]| {
-        events
-            .iter()
-            .map(|e| delivery(&sub.id, e, t0()))
-            .collect::<Vec<_>>()
-    };
-    let (a, b) = tokio::join!(
-        store.fan_out(batch(&events), &events),
-        store.fan_out(batch(&events), &events)
-    );
+    let batch = |events: &[String]| events.iter().map(|e| delivery(&sub.id, e, t0())).collect::<Vec<_>>();
+    let (a, b) = tokio::join!(store.fan_out(batch(&events), &events), store.fan_out(batch(&events), &events));
     a.unwrap();
     b.unwrap();
     assert!(store.events_to_fan_out(100).await.unwrap().is_empty());
     let list = store.list_deliveries(&sub.id, 100).await.unwrap();
-    assert_eq!(
-        list.len(),
-        events.len(),
-        "one delivery per (subscription, event)"
-    );
+    assert_eq!(list.len(), events.len(), "one delivery per (subscription, event)");
     // Three instances claim at once: every due delivery goes to exactly one of them.
     let now = t0() + Duration::minutes(1);
     let until = now + Duration::minutes(2);
@@ -281,10 +153,7 @@ pub async fn racing_instances_claim_each_delivery_once_and_fan_out_once(store: &
         store.claim_due_deliveries(now, until, "z", 5),
     );
     let (x, y, z) = (x.unwrap(), y.unwrap(), z.unwrap());
-    assert!(
-        x.len() <= 5 && y.len() <= 5 && z.len() <= 5,
-        "a claim respects its limit"
-    );
+    assert!(x.len() <= 5 && y.len() <= 5 && z.len() <= 5, "a claim respects its limit");
     let mut got: Vec<(String, &str)> = Vec::new();
     for (owner, claimed) in [("x", &x), ("y", &y), ("z", &z)] {
         got.extend(claimed.iter().map(|d| (d.id.clone(), owner)));
@@ -292,41 +161,19 @@ pub async fn racing_instances_claim_each_delivery_once_and_fan_out_once(store: &
     let mut ids: Vec<&String> = got.iter().map(|(id, _)| id).collect();
     ids.sort();
     ids.dedup();
-    assert_eq!(
-        ids.len(),
-        got.len(),
-        "no delivery handed to two owners: {got:?}"
-    );
+    assert_eq!(ids.len(), got.len(), "no delivery handed to two owners: {got:?}");
     // What is left is claimed by a later pass; nothing twice, nothing lost.
-    let rest = store
-        .claim_due_deliveries(now, until, "w", 100)
-        .await
-        .unwrap();
+    let rest = store.claim_due_deliveries(now, until, "w", 100).await.unwrap();
     assert_eq!(got.len() + rest.len(), events.len());
     // Only the holder records; the others are refused and change nothing.
     let (id, owner) = got[0].clone();
     let other = if owner == "x" { "y" } else { "x" };
-    assert!(!store
-        .record_attempt(&id, other, &failed_attempt(now, now))
-        .await
-        .unwrap());
-    let done = AttemptResult {
-        at: now,
-        status_code: Some(200),
-        error: None,
-        status: DeliveryStatus::Delivered,
-        next_attempt_at: None,
-    };
+    assert!(!store.record_attempt(&id, other, &failed_attempt(now, now)).await.unwrap());
+    let done = AttemptResult { at: now, status_code: Some(200), error: None, status: DeliveryStatus::Delivered, next_attempt_at: None };
     assert!(store.record_attempt(&id, owner, &done).await.unwrap());
-    assert!(
-        !store.record_attempt(&id, owner, &done).await.unwrap(),
-        "the lease was freed by the first record"
-    );
+    assert!(!store.record_attempt(&id, owner, &done).await.unwrap(), "the lease was freed by the first record");
     let stored = store.get_delivery(&sub.id, &id).await.unwrap().unwrap();
-    assert_eq!(
-        (stored.status, stored.attempts),
-        (DeliveryStatus::Delivered, 1)
-    );
+    assert_eq!((stored.status, stored.attempts), (DeliveryStatus::Delivered, 1));
 }
 
 async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
@@ -362,9 +209,7 @@ async fn sqlite_a_due_delivery_is_leased_to_one_owner_until_the_lease_expires() 
 /// The same checks on Cosmos DB (azure_data_cosmos's in-process emulator, a fresh account each).
 #[cfg(feature = "cosmos-emulator")]
 async fn cosmos() -> Arc<dyn Store> {
-    customer360::store::cosmos::CosmosStore::open_emulator("webhooks")
-        .await
-        .unwrap()
+    customer360::store::cosmos::CosmosStore::open_emulator("webhooks").await.unwrap()
 }
 
 #[cfg(feature = "cosmos-emulator")]
@@ -382,48 +227,19 @@ async fn cosmos_an_event_committed_late_with_an_older_ord_is_still_fanned_out() 
     use customer360::store::cosmos::{CosmosStore, CrashPoint};
     let store = CosmosStore::open_emulator("late-event").await.unwrap();
     let s: &dyn Store = store.as_ref();
-    let fields =
-        parse_fields(&json!({"name": "Late", "email": "late@example.com"}), false).unwrap();
-    let w = new_customer_write(
-        fields.into_new_customer(customer360::ids::new_id("cstm"), t0()),
-        t0(),
-    );
+    let fields = parse_fields(&json!({"name": "Late", "email": "late@example.com"}), false).unwrap();
+    let w = new_customer_write(fields.into_new_customer(customer360::ids::new_id("cstm"), t0()), t0());
     let late = w.events[0].id.clone();
-    store
-        .write_with_crash(w, CrashPoint::AfterCommit)
-        .await
-        .unwrap();
+    store.write_with_crash(w, CrashPoint::AfterCommit).await.unwrap();
     let early = write_customer(s, 2, t0()).await;
-    let batch: Vec<String> = s
-        .events_to_fan_out(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let batch: Vec<String> = s.events_to_fan_out(10).await.unwrap().into_iter().map(|e| e.id).collect();
     assert_eq!(batch, vec![early.clone()]);
     s.fan_out(Vec::new(), &batch).await.unwrap();
     assert!(s.events_to_fan_out(10).await.unwrap().is_empty());
     assert_eq!(store.repair_pending().await.unwrap(), 1);
-    let all: Vec<String> = s
-        .outbox_events(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
-    assert_eq!(
-        all,
-        vec![late.clone(), early],
-        "the repaired event sorts before the one already fanned out"
-    );
-    let batch: Vec<String> = s
-        .events_to_fan_out(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let all: Vec<String> = s.outbox_events(None, 10).await.unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(all, vec![late.clone(), early], "the repaired event sorts before the one already fanned out");
+    let batch: Vec<String> = s.events_to_fan_out(10).await.unwrap().into_iter().map(|e| e.id).collect();
     assert_eq!(batch, vec![late]);
 }
 
@@ -439,23 +255,10 @@ async fn cosmos_deliveries_of_a_deleted_subscription_are_never_claimed() {
     let e = write_customer(s, 1, t0()).await;
     s.delete_subscription(&sub.id).await.unwrap();
     let d = delivery(&sub.id, &e, t0());
-    s.fan_out(vec![d.clone()], std::slice::from_ref(&e))
-        .await
-        .unwrap();
-    assert!(
-        s.get_delivery(&sub.id, &d.id).await.unwrap().is_some(),
-        "the racing fan-out did create it"
-    );
-    assert!(s
-        .claim_due_deliveries(t0(), t0() + Duration::minutes(2), "a", 10)
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(
-        s.get_delivery(&sub.id, &d.id).await.unwrap(),
-        None,
-        "and the claim pass removed it"
-    );
+    s.fan_out(vec![d.clone()], std::slice::from_ref(&e)).await.unwrap();
+    assert!(s.get_delivery(&sub.id, &d.id).await.unwrap().is_some(), "the racing fan-out did create it");
+    assert!(s.claim_due_deliveries(t0(), t0() + Duration::minutes(2), "a", 10).await.unwrap().is_empty());
+    assert_eq!(s.get_delivery(&sub.id, &d.id).await.unwrap(), None, "and the claim pass removed it");
 }
 
 #[cfg(feature = "cosmos-emulator")]

@@ -26,10 +26,7 @@ struct Received {
 
 impl Received {
     fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("the webhook body is JSON")
@@ -60,10 +57,8 @@ impl Receiver {
         let script: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
         let default = Arc::new(Mutex::new(Reply::Status(200)));
         let (g, s, d) = (got.clone(), script.clone(), default.clone());
-        let route = warp::post()
-            .and(warp::header::headers_cloned())
-            .and(warp::body::bytes())
-            .then(move |headers: http::HeaderMap, body: bytes::Bytes| {
+        let route = warp::post().and(warp::header::headers_cloned()).and(warp::body::bytes()).then(
+            move |headers: http::HeaderMap, body: bytes::Bytes| {
                 let (g, s, d) = (g.clone(), s.clone(), d.clone());
                 async move {
                     g.lock().push(Received { headers, body });
@@ -76,29 +71,19 @@ impl Receiver {
                             200
                         }
                         Reply::Redirect(to) => {
-                            r.headers_mut()
-                                .insert("location", http::HeaderValue::from_static(to));
+                            r.headers_mut().insert("location", http::HeaderValue::from_static(to));
                             307
                         }
                     };
                     *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
                     r
                 }
-            });
+            },
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        tokio::spawn(
-            warp::serve(route)
-                .incoming(listener)
-                .graceful(std::future::pending::<()>())
-                .run(),
-        );
-        Receiver {
-            url: format!("http://127.0.0.1:{port}/hooks"),
-            got,
-            script,
-            default,
-        }
+        tokio::spawn(warp::serve(route).incoming(listener).graceful(std::future::pending::<()>()).run());
+        Receiver { url: format!("http://127.0.0.1:{port}/hooks"), got, script, default }
     }
 
     fn count(&self) -> usize {
@@ -108,11 +93,7 @@ impl Receiver {
         self.got.lock().clone()
     }
     fn last(&self) -> Received {
-        self.got
-            .lock()
-            .last()
-            .cloned()
-            .expect("the receiver got a request")
+        self.got.lock().last().cloned().expect("the receiver got a request")
     }
     fn then(&self, r: Reply) {
         self.script.lock().push_back(r);
@@ -124,9 +105,7 @@ impl Receiver {
 
 /// Checks both signatures the way a receiver would, with its own HMAC, not the service's code.
 fn verify(r: &Received, whsec: &str) {
-    let key = B64
-        .decode(whsec.strip_prefix("whsec_").expect("a whsec_ secret"))
-        .unwrap();
+    let key = B64.decode(whsec.strip_prefix("whsec_").expect("a whsec_ secret")).unwrap();
     let mac = |msg: &[u8]| {
         let mut m = Hmac::<Sha256>::new_from_slice(&key).unwrap();
         m.update(msg);
@@ -155,10 +134,7 @@ fn verify(r: &Received, whsec: &str) {
     let mut content = format!("{id}.{ts}.").into_bytes();
     content.extend_from_slice(&r.body);
     let want = format!("v1,{}", B64.encode(mac(&content)));
-    assert!(
-        r.header("webhook-signature").split(' ').any(|s| s == want),
-        "webhook-signature does not verify"
-    );
+    assert!(r.header("webhook-signature").split(' ').any(|s| s == want), "webhook-signature does not verify");
     assert_eq!(r.header("x-event-id"), id);
     let body = r.json();
     assert_eq!(body["id"], id);
@@ -186,11 +162,7 @@ struct Opts {
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts {
-            allow_loopback: true,
-            functions_mode: false,
-            timeout_ms: 500,
-        }
+        Opts { allow_loopback: true, functions_mode: false, timeout_ms: 500 }
     }
 }
 
@@ -212,24 +184,12 @@ impl Service {
         config.webhook_dispatch_interval = Duration::ZERO;
         config.webhook_timeout = Duration::from_millis(o.timeout_ms);
         let clock = ManualClock::new(Utc::now());
-        let app = customer360::build(config, Arc::new(clock.clone()))
-            .await
-            .unwrap();
-        let scopes = customer360::auth::SCOPES
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let (c, secret) =
-            customer360::auth::create_client(app.store.as_ref(), "tests", scopes, clock.now())
-                .await
-                .unwrap();
+        let app = customer360::build(config, Arc::new(clock.clone())).await.unwrap();
+        let scopes = customer360::auth::SCOPES.iter().map(|s| s.to_string()).collect();
+        let (c, secret) = customer360::auth::create_client(app.store.as_ref(), "tests", scopes, clock.now()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(customer360::serve(
-            app.clone(),
-            listener,
-            std::future::pending::<()>(),
-        ));
+        tokio::spawn(customer360::serve(app.clone(), listener, std::future::pending::<()>()));
         Service {
             app,
             clock,
@@ -268,10 +228,7 @@ impl Service {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(self.token().await);
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(self.token().await);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -283,42 +240,22 @@ impl Service {
 
     async fn subscribe(&self, url: &str, events: &[&str]) -> (String, String) {
         let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/webhooks",
-                Some(json!({"url": url, "events": events, "description": "test"})),
-            )
+            .call(reqwest::Method::POST, "/api/webhooks", Some(json!({"url": url, "events": events, "description": "test"})))
             .await;
         assert_eq!(s, 201, "{v}");
-        (
-            v["id"].as_str().unwrap().to_string(),
-            v["secret"].as_str().unwrap().to_string(),
-        )
+        (v["id"].as_str().unwrap().to_string(), v["secret"].as_str().unwrap().to_string())
     }
 
     async fn create_customer(&self, name: &str, email: &str) -> (u16, Value) {
-        self.call(
-            reqwest::Method::POST,
-            "/api/customers",
-            Some(json!({"name": name, "email": email})),
-        )
-        .await
+        self.call(reqwest::Method::POST, "/api/customers", Some(json!({"name": name, "email": email}))).await
     }
 
     async fn dispatch(&self) -> customer360::webhooks::DispatchReport {
-        customer360::webhooks::dispatch_once(&self.app)
-            .await
-            .unwrap()
+        customer360::webhooks::dispatch_once(&self.app).await.unwrap()
     }
 
     async fn deliveries(&self, webhook: &str) -> Vec<Value> {
-        let (s, v) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/webhooks/{webhook}/deliveries"),
-                None,
-            )
-            .await;
+        let (s, v) = self.call(reqwest::Method::GET, &format!("/api/webhooks/{webhook}/deliveries"), None).await;
         assert_eq!(s, 200, "{v}");
         v["data"].as_array().unwrap().clone()
     }
@@ -345,10 +282,7 @@ async fn a_created_customer_is_delivered_signed_with_both_signature_schemes() {
     assert!(body["id"].as_str().unwrap().starts_with("evt_"));
     assert_eq!(r.header("x-event-type"), "customer.created");
     // The timestamp is the service clock's.
-    assert_eq!(
-        r.header("webhook-timestamp"),
-        svc.clock.now().timestamp().to_string()
-    );
+    assert_eq!(r.header("webhook-timestamp"), svc.clock.now().timestamp().to_string());
     let log = svc.deliveries(&hook).await;
     assert_eq!(log.len(), 1);
     assert_eq!(log[0]["status"], "delivered");
@@ -369,11 +303,7 @@ async fn customer_updated_carries_only_the_fields_that_changed() {
     let (_, c) = svc.create_customer("Bia", "bia@example.com").await;
     let id = c["id"].as_str().unwrap();
     let (s, _) = svc
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/api/customers/{id}"),
-            Some(json!({"name": "Bia", "lifecycleStage": "Customer"})),
-        )
+        .call(reqwest::Method::PATCH, &format!("/api/customers/{id}"), Some(json!({"name": "Bia", "lifecycleStage": "Customer"})))
         .await;
     assert_eq!(s, 200);
     svc.dispatch().await;
@@ -385,10 +315,7 @@ async fn customer_updated_carries_only_the_fields_that_changed() {
     assert_eq!(body["data"]["id"], id);
     let changes = body["data"]["changes"].as_object().unwrap();
     assert_eq!(changes.keys().collect::<Vec<_>>(), vec!["lifecycleStage"]);
-    assert_eq!(
-        changes["lifecycleStage"],
-        json!({"from": "Lead", "to": "Customer"})
-    );
+    assert_eq!(changes["lifecycleStage"], json!({"from": "Lead", "to": "Customer"}));
     assert!(body["timestamp"].is_string());
 }
 
@@ -431,11 +358,7 @@ async fn failures_are_retried_on_the_backoff_schedule_then_marked_failed() {
 
 #[tokio::test]
 async fn a_timeout_and_a_500_are_retried_until_delivered() {
-    let svc = Service::start(Opts {
-        timeout_ms: 300,
-        ..Opts::default()
-    })
-    .await;
+    let svc = Service::start(Opts { timeout_ms: 300, ..Opts::default() }).await;
     let rx = Receiver::start().await;
     rx.then(Reply::Hang(Duration::from_secs(2)));
     rx.then(Reply::Status(503));
@@ -445,19 +368,12 @@ async fn a_timeout_and_a_500_are_retried_until_delivered() {
     assert_eq!((r.attempted, r.retrying), (1, 1));
     let log = svc.deliveries(&hook).await;
     assert_eq!(log[0]["status"], "pending");
-    assert!(
-        log[0]["lastError"].as_str().unwrap().contains("timed out"),
-        "{}",
-        log[0]
-    );
+    assert!(log[0]["lastError"].as_str().unwrap().contains("timed out"), "{}", log[0]);
     assert_eq!(log[0]["lastStatusCode"], Value::Null);
     svc.advance(ChronoDuration::seconds(70));
     svc.dispatch().await;
     let log = svc.deliveries(&hook).await;
-    assert_eq!(
-        (log[0]["status"].as_str(), log[0]["lastStatusCode"].as_u64()),
-        (Some("pending"), Some(503))
-    );
+    assert_eq!((log[0]["status"].as_str(), log[0]["lastStatusCode"].as_u64()), (Some("pending"), Some(503)));
     svc.advance(ChronoDuration::seconds(6 * 60));
     svc.dispatch().await;
     let log = svc.deliveries(&hook).await;
@@ -478,11 +394,7 @@ async fn redelivery_sends_the_same_event_again() {
     let log = svc.deliveries(&hook).await;
     let delivery = log[0]["id"].as_str().unwrap().to_string();
     let (s, v) = svc
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/webhooks/{hook}/deliveries/{delivery}/redeliver"),
-            None,
-        )
+        .call(reqwest::Method::POST, &format!("/api/webhooks/{hook}/deliveries/{delivery}/redeliver"), None)
         .await;
     assert_eq!(s, 202, "{v}");
     assert_eq!(v["status"], "pending");
@@ -493,26 +405,15 @@ async fn redelivery_sends_the_same_event_again() {
     assert_eq!(again.header("x-event-id"), first.header("x-event-id"));
     assert_eq!(again.body, first.body);
     let log = svc.deliveries(&hook).await;
-    assert_eq!(
-        (log[0]["status"].as_str(), log[0]["attempts"].as_u64()),
-        (Some("delivered"), Some(2))
-    );
+    assert_eq!((log[0]["status"].as_str(), log[0]["attempts"].as_u64()), (Some("delivered"), Some(2)));
     // Unknown deliveries and other webhooks' deliveries are 404.
     let (s, v) = svc
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/webhooks/{hook}/deliveries/whd_01J00000000000000000000000/redeliver"),
-            None,
-        )
+        .call(reqwest::Method::POST, &format!("/api/webhooks/{hook}/deliveries/whd_01J00000000000000000000000/redeliver"), None)
         .await;
     assert_eq!((s, v["code"].as_str()), (404, Some("NOT_FOUND")));
     let (other, _) = svc.subscribe(&rx.url, &["sync.failed"]).await;
     let (s, _) = svc
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/webhooks/{other}/deliveries/{delivery}/redeliver"),
-            None,
-        )
+        .call(reqwest::Method::POST, &format!("/api/webhooks/{other}/deliveries/{delivery}/redeliver"), None)
         .await;
     assert_eq!(s, 404);
 }
@@ -521,8 +422,7 @@ async fn redelivery_sends_the_same_event_again() {
 async fn a_write_that_fails_publishes_nothing() {
     let svc = Service::start(Opts::default()).await;
     let rx = Receiver::start().await;
-    svc.subscribe(&rx.url, &["customer.created", "customer.updated"])
-        .await;
+    svc.subscribe(&rx.url, &["customer.created", "customer.updated"]).await;
     let (s, first) = svc.create_customer("Fabi", "fabi@example.com").await;
     assert_eq!(s, 201);
     let (s, v) = svc.create_customer("Fabi Two", "fabi@example.com").await;
@@ -543,25 +443,14 @@ async fn two_dispatchers_never_send_the_same_attempt() {
         svc.subscribe(&rx.url, &["customer.created"]).await;
     }
     for i in 0..4 {
-        svc.create_customer(&format!("P{i}"), &format!("p{i}@example.com"))
-            .await;
+        svc.create_customer(&format!("P{i}"), &format!("p{i}@example.com")).await;
     }
-    let reports =
-        futures::future::join_all((0..4).map(|_| customer360::webhooks::dispatch_once(&svc.app)))
-            .await;
+    let reports = futures::future::join_all((0..4).map(|_| customer360::webhooks::dispatch_once(&svc.app))).await;
     let attempted: usize = reports.into_iter().map(|r| r.unwrap().attempted).sum();
     assert_eq!(attempted, 12);
     assert_eq!(rx.count(), 12, "3 subscriptions × 4 events, each sent once");
-    let mut pairs: Vec<(String, String)> = rx
-        .all()
-        .iter()
-        .map(|r| {
-            (
-                r.header("x-event-id").to_string(),
-                r.header("x-delivery-id").to_string(),
-            )
-        })
-        .collect();
+    let mut pairs: Vec<(String, String)> =
+        rx.all().iter().map(|r| (r.header("x-event-id").to_string(), r.header("x-delivery-id").to_string())).collect();
     pairs.sort();
     pairs.dedup();
     assert_eq!(pairs.len(), 12);
@@ -580,19 +469,12 @@ async fn redirects_are_not_followed() {
     assert_eq!((r.attempted, r.retrying), (1, 1));
     assert_eq!(elsewhere.count(), 0, "the redirect was not followed");
     let log = svc.deliveries(&hook).await;
-    assert_eq!(
-        (log[0]["status"].as_str(), log[0]["lastStatusCode"].as_u64()),
-        (Some("pending"), Some(307))
-    );
+    assert_eq!((log[0]["status"].as_str(), log[0]["lastStatusCode"].as_u64()), (Some("pending"), Some(307)));
 }
 
 #[tokio::test]
 async fn subscriptions_to_internal_addresses_are_refused() {
-    let svc = Service::start(Opts {
-        allow_loopback: false,
-        ..Opts::default()
-    })
-    .await;
+    let svc = Service::start(Opts { allow_loopback: false, ..Opts::default() }).await;
     for url in [
         "https://169.254.169.254/latest/meta-data/",
         "https://[fd00:ec2::254]/latest/meta-data/",
@@ -605,17 +487,9 @@ async fn subscriptions_to_internal_addresses_are_refused() {
         "http://example.com/hook",
     ] {
         let (s, v) = svc
-            .call(
-                reqwest::Method::POST,
-                "/api/webhooks",
-                Some(json!({"url": url, "events": ["customer.created"]})),
-            )
+            .call(reqwest::Method::POST, "/api/webhooks", Some(json!({"url": url, "events": ["customer.created"]})))
             .await;
-        assert_eq!(
-            (s, v["code"].as_str()),
-            (400, Some("VALIDATION_ERROR")),
-            "{url}: {v}"
-        );
+        assert_eq!((s, v["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{url}: {v}");
         assert!(v["details"]["url"].is_string(), "{v}");
     }
     let (s, v) = svc.call(reqwest::Method::GET, "/api/webhooks", None).await;
@@ -638,17 +512,9 @@ async fn loopback_is_refused_at_delivery_time_when_not_allowed() {
             store: svc.app.store.clone(),
             clock: svc.app.clock.clone(),
             keys: svc.app.keys.clone(),
-            auth: customer360::auth::Auth::new(
-                svc.app.store.clone(),
-                svc.app.keys.clone(),
-                svc.app.clock.clone(),
-                &svc.app.config,
-            ),
+            auth: customer360::auth::Auth::new(svc.app.store.clone(), svc.app.keys.clone(), svc.app.clock.clone(), &svc.app.config),
             limiter: customer360::ratelimit::RateLimiter::per_minute(10, svc.app.clock.clone()),
-            token_limiter: customer360::ratelimit::RateLimiter::per_minute(
-                10,
-                svc.app.clock.clone(),
-            ),
+            token_limiter: customer360::ratelimit::RateLimiter::per_minute(10, svc.app.clock.clone()),
             queue: svc.app.queue.clone(),
         }
     };
@@ -656,11 +522,7 @@ async fn loopback_is_refused_at_delivery_time_when_not_allowed() {
     assert_eq!((r.attempted, r.retrying), (1, 1));
     assert_eq!(rx.count(), 0, "nothing reached the loopback receiver");
     let log = svc.deliveries(&hook).await;
-    assert!(
-        log[0]["lastError"].as_str().unwrap().starts_with("refused"),
-        "{}",
-        log[0]
-    );
+    assert!(log[0]["lastError"].as_str().unwrap().starts_with("refused"), "{}", log[0]);
 }
 
 #[tokio::test]
@@ -693,55 +555,22 @@ async fn webhooks_need_the_webhooks_manage_scope_and_validate_their_body() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
     let rx = Receiver::start().await;
-    let (s, v) = svc
-        .call(
-            reqwest::Method::POST,
-            "/api/webhooks",
-            Some(json!({"url": rx.url, "events": ["customer.deleted"]})),
-        )
-        .await;
+    let (s, v) = svc.call(reqwest::Method::POST, "/api/webhooks", Some(json!({"url": rx.url, "events": ["customer.deleted"]}))).await;
     assert_eq!((s, v["code"].as_str()), (400, Some("VALIDATION_ERROR")));
     assert!(v["details"]["events"].is_string());
-    let (s, _) = svc
-        .call(
-            reqwest::Method::POST,
-            "/api/webhooks",
-            Some(json!({"url": rx.url, "events": []})),
-        )
-        .await;
+    let (s, _) = svc.call(reqwest::Method::POST, "/api/webhooks", Some(json!({"url": rx.url, "events": []}))).await;
     assert_eq!(s, 400);
     // Listed, fetched, deleted; a deleted webhook gets nothing.
     let (hook, _) = svc.subscribe(&rx.url, &["customer.created"]).await;
     let (s, v) = svc.call(reqwest::Method::GET, "/api/webhooks", None).await;
     assert_eq!((s, v["data"][0]["id"].as_str()), (200, Some(hook.as_str())));
-    assert!(
-        v["data"][0].get("secret").is_none(),
-        "the secret is not listed"
-    );
-    let (s, v) = svc
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/webhooks/{hook}/secret"),
-            None,
-        )
-        .await;
+    assert!(v["data"][0].get("secret").is_none(), "the secret is not listed");
+    let (s, v) = svc.call(reqwest::Method::GET, &format!("/api/webhooks/{hook}/secret"), None).await;
     assert_eq!(s, 200);
     assert!(v["secrets"][0].as_str().unwrap().starts_with("whsec_"));
-    let (s, _) = svc
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/webhooks/{hook}"),
-            None,
-        )
-        .await;
+    let (s, _) = svc.call(reqwest::Method::DELETE, &format!("/api/webhooks/{hook}"), None).await;
     assert_eq!(s, 204);
-    let (s, _) = svc
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/webhooks/{hook}"),
-            None,
-        )
-        .await;
+    let (s, _) = svc.call(reqwest::Method::DELETE, &format!("/api/webhooks/{hook}"), None).await;
     assert_eq!(s, 404);
     svc.create_customer("Hugo", "hugo@example.com").await;
     svc.dispatch().await;
@@ -754,26 +583,12 @@ async fn every_active_key_signs_while_the_key_is_rotated() {
     let rx = Receiver::start().await;
     let (hook, old_secret) = svc.subscribe(&rx.url, &["customer.created"]).await;
     let local = customer360::secrets::local::LocalSecrets::open(&svc.app.config.data_dir).unwrap();
-    local
-        .add_version(
-            customer360::secrets::WEBHOOK_HMAC_KEY,
-            customer360::secrets::local::random_key(),
-        )
-        .unwrap();
+    local.add_version(customer360::secrets::WEBHOOK_HMAC_KEY, customer360::secrets::local::random_key()).unwrap();
     svc.app.keys.refresh().await.unwrap();
-    let (_, v) = svc
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/webhooks/{hook}/secret"),
-            None,
-        )
-        .await;
+    let (_, v) = svc.call(reqwest::Method::GET, &format!("/api/webhooks/{hook}/secret"), None).await;
     let secrets: Vec<String> = serde_json::from_value(v["secrets"].clone()).unwrap();
     assert_eq!(secrets.len(), 2);
-    assert_eq!(
-        secrets[1], old_secret,
-        "newest first; the old one still verifies"
-    );
+    assert_eq!(secrets[1], old_secret, "newest first; the old one still verifies");
     svc.create_customer("Ivo", "ivo@example.com").await;
     svc.dispatch().await;
     let r = rx.last();
@@ -784,11 +599,7 @@ async fn every_active_key_signs_while_the_key_is_rotated() {
 
 #[tokio::test]
 async fn the_webhook_dispatch_timer_function_sends_due_deliveries() {
-    let svc = Service::start(Opts {
-        functions_mode: true,
-        ..Opts::default()
-    })
-    .await;
+    let svc = Service::start(Opts { functions_mode: true, ..Opts::default() }).await;
     let rx = Receiver::start().await;
     let (_, secret) = svc.subscribe(&rx.url, &["customer.created"]).await;
     svc.create_customer("Jo", "jo@example.com").await;
@@ -815,11 +626,7 @@ struct Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn start_binary(dir: &std::path::Path, dispatch_ms: u64) -> Proc {
@@ -852,15 +659,10 @@ async fn start_binary(dir: &std::path::Path, dispatch_ms: u64) -> Proc {
 }
 
 fn dev_credentials(dir: &std::path::Path) -> (String, String) {
-    let file: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("secrets.json")).unwrap()).unwrap();
+    let file: Value = serde_json::from_slice(&std::fs::read(dir.join("secrets.json")).unwrap()).unwrap();
     let versions = file["secrets"]["local-dev-client"].as_array().unwrap();
-    let creds: Value =
-        serde_json::from_str(versions.last().unwrap()["value"].as_str().unwrap()).unwrap();
-    (
-        creds["clientId"].as_str().unwrap().into(),
-        creds["clientSecret"].as_str().unwrap().into(),
-    )
+    let creds: Value = serde_json::from_str(versions.last().unwrap()["value"].as_str().unwrap()).unwrap();
+    (creds["clientId"].as_str().unwrap().into(), creds["clientSecret"].as_str().unwrap().into())
 }
 
 #[tokio::test]
@@ -915,11 +717,7 @@ async fn nothing_is_lost_when_the_process_is_killed_before_dispatch() {
     }
     let _ = p.child.kill();
     let _ = p.child.wait();
-    assert_eq!(
-        rx.count(),
-        1,
-        "the event written before the kill arrives after the restart"
-    );
+    assert_eq!(rx.count(), 1, "the event written before the kill arrives after the restart");
     let r = rx.last();
     verify(&r, &whsec);
     assert_eq!(r.json()["event"], "customer.created");

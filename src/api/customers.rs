@@ -43,14 +43,11 @@ struct Cursor {
 }
 
 fn encode_cursor(c: &Cursor) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(c).unwrap_or_default())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(c).unwrap_or_default())
 }
 
 fn decode_cursor(s: &str) -> Option<Cursor> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -64,14 +61,7 @@ struct ListParams {
 }
 
 fn parse_list_params(req: &Req) -> Result<ListParams> {
-    let mut p = ListParams {
-        page: 1,
-        page_size: DEFAULT_PAGE_SIZE,
-        search: None,
-        sort: SortField::CreatedAt,
-        order: Order::Desc,
-        cursor: None,
-    };
+    let mut p = ListParams { page: 1, page_size: DEFAULT_PAGE_SIZE, search: None, sort: SortField::CreatedAt, order: Order::Desc, cursor: None };
     let mut errors = Vec::new();
     let (mut sort_given, mut order_given, mut page_given) = (false, false, false);
     for (k, v) in req.query_pairs()? {
@@ -81,28 +71,16 @@ fn parse_list_params(req: &Req) -> Result<ListParams> {
                     p.page = n;
                     page_given = true;
                 }
-                _ => errors.push(FieldError::new(
-                    "page",
-                    "Expected an integer ≥ 1",
-                    "Esperado um inteiro ≥ 1",
-                )),
+                _ => errors.push(FieldError::new("page", "Expected an integer ≥ 1", "Esperado um inteiro ≥ 1")),
             },
             "pageSize" => match v.parse::<u32>() {
                 Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => p.page_size = n,
-                _ => errors.push(FieldError::new(
-                    "pageSize",
-                    "Expected an integer from 1 to 200",
-                    "Esperado um inteiro de 1 a 200",
-                )),
+                _ => errors.push(FieldError::new("pageSize", "Expected an integer from 1 to 200", "Esperado um inteiro de 1 a 200")),
             },
             "search" => {
                 let t = v.trim();
                 if t.chars().count() > 100 {
-                    errors.push(FieldError::new(
-                        "search",
-                        "At most 100 characters",
-                        "No máximo 100 caracteres",
-                    ));
+                    errors.push(FieldError::new("search", "At most 100 characters", "No máximo 100 caracteres"));
                 } else if !t.is_empty() {
                     p.search = Some(t.to_lowercase());
                 }
@@ -112,11 +90,7 @@ fn parse_list_params(req: &Req) -> Result<ListParams> {
                 match v.as_str() {
                     "createdAt" => p.sort = SortField::CreatedAt,
                     "name" => p.sort = SortField::Name,
-                    _ => errors.push(FieldError::new(
-                        "sort",
-                        "Expected createdAt or name",
-                        "Esperado createdAt ou name",
-                    )),
+                    _ => errors.push(FieldError::new("sort", "Expected createdAt or name", "Esperado createdAt ou name")),
                 }
             }
             "order" => {
@@ -124,20 +98,12 @@ fn parse_list_params(req: &Req) -> Result<ListParams> {
                 match v.as_str() {
                     "asc" => p.order = Order::Asc,
                     "desc" => p.order = Order::Desc,
-                    _ => errors.push(FieldError::new(
-                        "order",
-                        "Expected asc or desc",
-                        "Esperado asc ou desc",
-                    )),
+                    _ => errors.push(FieldError::new("order", "Expected asc or desc", "Esperado asc ou desc")),
                 }
             }
             "cursor" => match decode_cursor(&v) {
                 Some(c) => p.cursor = Some(c),
-                None => errors.push(FieldError::new(
-                    "cursor",
-                    "Unknown or damaged cursor",
-                    "Cursor desconhecido ou corrompido",
-                )),
+                None => errors.push(FieldError::new("cursor", "Unknown or damaged cursor", "Cursor desconhecido ou corrompido")),
             },
             _ => {}
         }
@@ -174,13 +140,7 @@ async fn list(app: &App, req: &Req) -> Result<Resp> {
         Some(c) => Start::After(c.k.clone()),
         None => Start::Offset((p.page - 1) * p.page_size as u64),
     };
-    let q = ListQuery {
-        search: p.search.clone(),
-        sort: p.sort,
-        order: p.order,
-        limit: p.page_size,
-        start,
-    };
+    let q = ListQuery { search: p.search.clone(), sort: p.sort, order: p.order, limit: p.page_size, start };
     let page = app.store.list_customer_summaries(&q).await?;
     let total_pages = page.total.div_ceil(p.page_size as u64);
     let next_cursor = match page.last {
@@ -204,8 +164,7 @@ async fn list(app: &App, req: &Req) -> Result<Resp> {
         next_cursor,
     })
     .map_err(ApiError::internal)?;
-    let mut body =
-        Vec::with_capacity(head.len() + 16 + page.items.iter().map(|i| i.len() + 1).sum::<usize>());
+    let mut body = Vec::with_capacity(head.len() + 16 + page.items.iter().map(|i| i.len() + 1).sum::<usize>());
     body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
     body.extend_from_slice(b",\"data\":[");
     for (i, item) in page.items.iter().enumerate() {
@@ -230,20 +189,14 @@ struct ListHead {
 }
 
 fn etag_header(etag: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{etag}\""))
-        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+    HeaderValue::from_str(&format!("\"{etag}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
 /// The etags named by an If-Match / If-None-Match header (`*` as itself).
 fn etags_in(header: &str) -> Vec<String> {
     header
         .split(',')
-        .map(|t| {
-            t.trim()
-                .trim_start_matches("W/")
-                .trim_matches('"')
-                .to_string()
-        })
+        .map(|t| t.trim().trim_start_matches("W/").trim_matches('"').to_string())
         .filter(|t| !t.is_empty())
         .collect()
 }
@@ -252,10 +205,7 @@ async fn load(app: &App, id: &str) -> Result<Customer> {
     if !crate::ids::is_id("cstm", id) {
         return Err(ApiError::not_found("Customer"));
     }
-    app.store
-        .get_customer(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Customer"))
+    app.store.get_customer(id).await?.ok_or_else(|| ApiError::not_found("Customer"))
 }
 
 async fn get(app: &App, req: &Req, id: &str) -> Result<Resp> {
@@ -292,17 +242,13 @@ pub fn event(event_type: &str, at: DateTime<Utc>, data: Value) -> OutboxEvent {
 
 fn conflict(e: StoreError) -> ApiError {
     match e {
-        StoreError::Conflict { field, existing_id }
-            if field == "email" || field == "externalId" =>
-        {
-            ApiError::new(
-                Code::Conflict,
-                format!("A customer with this {field} already exists"),
-                format!("Já existe um cliente com este {field}"),
-            )
-            .with_detail("field", field)
-            .with_detail("existingId", existing_id)
-        }
+        StoreError::Conflict { field, existing_id } if field == "email" || field == "externalId" => ApiError::new(
+            Code::Conflict,
+            format!("A customer with this {field} already exists"),
+            format!("Já existe um cliente com este {field}"),
+        )
+        .with_detail("field", field)
+        .with_detail("existingId", existing_id),
         other => other.into(),
     }
 }
@@ -327,10 +273,7 @@ async fn create(app: &App, req: &Req) -> Result<Resp> {
             r.headers_mut().insert("etag", etag_header(&etag));
             Ok(r)
         }
-        Err(StoreError::Conflict {
-            field: "idempotencyKey",
-            ..
-        }) => idem.lost_race(app).await,
+        Err(StoreError::Conflict { field: "idempotencyKey", .. }) => idem.lost_race(app).await,
         Err(e) => Err(conflict(e)),
     }
 }
@@ -338,34 +281,14 @@ async fn create(app: &App, req: &Req) -> Result<Resp> {
 /// The write for a new customer: its first stage entry, rollups and `customer.created`.
 pub fn new_customer_write(mut customer: Customer, at: DateTime<Utc>) -> CustomerWrite {
     let rollups = domain::rollup_deltas(None, &mut customer, at);
-    let stage = StageChange {
-        customer_id: customer.id.clone(),
-        from: None,
-        to: customer.lifecycle_stage,
-        at,
-    };
-    let ev = event(
-        "customer.created",
-        at,
-        json!({ "id": customer.id, "customer": customer.to_api() }),
-    );
-    CustomerWrite {
-        kind: WriteKind::Insert,
-        customer,
-        stage_changes: vec![stage],
-        rollups,
-        events: vec![ev],
-        idempotency: None,
-    }
+    let stage = StageChange { customer_id: customer.id.clone(), from: None, to: customer.lifecycle_stage, at };
+    let ev = event("customer.created", at, json!({ "id": customer.id, "customer": customer.to_api() }));
+    CustomerWrite { kind: WriteKind::Insert, customer, stage_changes: vec![stage], rollups, events: vec![ev], idempotency: None }
 }
 
 /// The write that turns `old` into `new` at `at`: stage entry, rollups, `customer.updated`.
 /// None when nothing changed.
-pub fn update_customer_write(
-    old: &Customer,
-    mut new: Customer,
-    at: DateTime<Utc>,
-) -> Option<CustomerWrite> {
+pub fn update_customer_write(old: &Customer, mut new: Customer, at: DateTime<Utc>) -> Option<CustomerWrite> {
     let changes = domain::changes(old, &new);
     if changes.is_empty() {
         return None;
@@ -373,24 +296,13 @@ pub fn update_customer_write(
     new.updated_at = at.max(old.updated_at);
     let rollups = domain::rollup_deltas(Some(old), &mut new, at);
     let stage_changes = if old.lifecycle_stage != new.lifecycle_stage {
-        vec![StageChange {
-            customer_id: new.id.clone(),
-            from: Some(old.lifecycle_stage),
-            to: new.lifecycle_stage,
-            at,
-        }]
+        vec![StageChange { customer_id: new.id.clone(), from: Some(old.lifecycle_stage), to: new.lifecycle_stage, at }]
     } else {
         vec![]
     };
-    let ev = event(
-        "customer.updated",
-        at,
-        json!({ "id": new.id, "changes": changes }),
-    );
+    let ev = event("customer.updated", at, json!({ "id": new.id, "changes": changes }));
     Some(CustomerWrite {
-        kind: WriteKind::Update {
-            expected_etag: old.etag.clone(),
-        },
+        kind: WriteKind::Update { expected_etag: old.etag.clone() },
         customer: new,
         stage_changes,
         rollups,

@@ -18,21 +18,10 @@ pub struct Idempotency {
 
 impl Idempotency {
     /// Reads the header for `route` called by `client_id` with `body`.
-    pub fn of(
-        req: &Req,
-        client_id: &str,
-        route: &str,
-        body: &serde_json::Value,
-    ) -> Result<Idempotency> {
+    pub fn of(req: &Req, client_id: &str, route: &str, body: &serde_json::Value) -> Result<Idempotency> {
         let key = match req.header("idempotency-key") {
             None => None,
-            Some(k)
-                if !k.is_empty()
-                    && k.len() <= 255
-                    && k.bytes().all(|b| (0x21..0x7f).contains(&b)) =>
-            {
-                Some(k.to_string())
-            }
+            Some(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..0x7f).contains(&b)) => Some(k.to_string()),
             Some(_) => {
                 return Err(ApiError::field(
                     "Idempotency-Key",
@@ -43,18 +32,12 @@ impl Idempotency {
         };
         // serde_json objects are ordered by key, so the hash ignores the body's key order.
         let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
-        Ok(Idempotency {
-            scope: format!("{client_id}:{route}"),
-            key,
-            hash,
-        })
+        Ok(Idempotency { scope: format!("{client_id}:{route}"), key, hash })
     }
 
     /// The first answer, when this key was seen before.
     pub async fn replay_if_seen(&self, app: &App) -> Result<Option<Resp>> {
-        let Some(key) = &self.key else {
-            return Ok(None);
-        };
+        let Some(key) = &self.key else { return Ok(None) };
         match app.store.get_idempotency(&self.scope, key).await? {
             Some(rec) => self.replay(&rec).map(Some),
             None => Ok(None),
@@ -62,13 +45,7 @@ impl Idempotency {
     }
 
     /// The record to store with the write that answers `status` with `body`.
-    pub fn record(
-        &self,
-        status: u16,
-        body: &str,
-        location: &str,
-        now: DateTime<Utc>,
-    ) -> Option<IdempotencyRecord> {
+    pub fn record(&self, status: u16, body: &str, location: &str, now: DateTime<Utc>) -> Option<IdempotencyRecord> {
         self.key.as_ref().map(|key| IdempotencyRecord {
             scope: self.scope.clone(),
             key: key.clone(),
@@ -96,13 +73,8 @@ impl Idempotency {
                 "Esta Idempotency-Key já foi usada com outro corpo de requisição",
             ));
         }
-        let mut r = created(
-            StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK),
-            rec.body.clone(),
-            rec.location.as_deref(),
-        );
-        r.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        let mut r = created(StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK), rec.body.clone(), rec.location.as_deref());
+        r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
         Ok(r)
     }
 }
@@ -112,10 +84,7 @@ pub fn created(status: StatusCode, body: String, location: Option<&str>) -> Resp
     let mut r = http::Response::new(Bytes::from(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(
-        "content-type",
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    h.insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
     if let Some(v) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
         h.insert("location", v);
     }

@@ -38,11 +38,7 @@ impl GroupBy {
             GroupBy::Day => start + Duration::days(1),
             GroupBy::Week => start + Duration::days(7),
             GroupBy::Month => {
-                let (y, m) = if start.month() == 12 {
-                    (start.year() + 1, 1)
-                } else {
-                    (start.year(), start.month() + 1)
-                };
+                let (y, m) = if start.month() == 12 { (start.year() + 1, 1) } else { (start.year(), start.month() + 1) };
                 NaiveDate::from_ymd_opt(y, m, 1).unwrap_or(start)
             }
         }
@@ -71,21 +67,13 @@ pub async fn handle(app: &App, req: &Req) -> Result<Resp> {
                         to = Some(d)
                     }
                 }
-                _ => errors.push(FieldError::new(
-                    &k,
-                    "Expected a date YYYY-MM-DD",
-                    "Esperada uma data AAAA-MM-DD",
-                )),
+                _ => errors.push(FieldError::new(&k, "Expected a date YYYY-MM-DD", "Esperada uma data AAAA-MM-DD")),
             },
             "groupBy" => match v.as_str() {
                 "day" => group_by = GroupBy::Day,
                 "week" => group_by = GroupBy::Week,
                 "month" => group_by = GroupBy::Month,
-                _ => errors.push(FieldError::new(
-                    "groupBy",
-                    "Expected day, week or month",
-                    "Esperado day, week ou month",
-                )),
+                _ => errors.push(FieldError::new("groupBy", "Expected day, week or month", "Esperado day, week ou month")),
             },
             _ => {}
         }
@@ -100,24 +88,13 @@ pub async fn handle(app: &App, req: &Req) -> Result<Resp> {
         (None, None) => (today - Duration::days(29), today),
     };
     if from > to {
-        return Err(ApiError::field(
-            "from",
-            "Must not be after 'to'",
-            "Não pode ser posterior a 'to'",
-        ));
+        return Err(ApiError::field("from", "Must not be after 'to'", "Não pode ser posterior a 'to'"));
     }
     if (to - from).num_days() + 1 > MAX_RANGE_DAYS {
-        return Err(ApiError::field(
-            "to",
-            "The range may span at most 2 years",
-            "O intervalo pode ter no máximo 2 anos",
-        ));
+        return Err(ApiError::field("to", "The range may span at most 2 years", "O intervalo pode ter no máximo 2 anos"));
     }
     let rows = app.store.rollups(from, to).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &insights(from, to, group_by, &rows),
-    ))
+    Ok(json_response(StatusCode::OK, &insights(from, to, group_by, &rows)))
 }
 
 fn round(x: f64, decimals: i32) -> f64 {
@@ -130,10 +107,7 @@ fn bucket_index(group_by: GroupBy, first: NaiveDate, day: NaiveDate) -> usize {
     let n = match group_by {
         GroupBy::Day => (day - first).num_days(),
         GroupBy::Week => (group_by.bucket_start(day) - first).num_days() / 7,
-        GroupBy::Month => {
-            (day.year() as i64 * 12 + day.month0() as i64)
-                - (first.year() as i64 * 12 + first.month0() as i64)
-        }
+        GroupBy::Month => (day.year() as i64 * 12 + day.month0() as i64) - (first.year() as i64 * 12 + first.month0() as i64),
     };
     n.max(0) as usize
 }
@@ -180,21 +154,11 @@ pub struct Insights {
 }
 
 /// The response from rollup rows (day, metric, value) of [from, to].
-pub fn compute(
-    from: NaiveDate,
-    to: NaiveDate,
-    group_by: GroupBy,
-    rows: &[(NaiveDate, Metric, i64)],
-) -> Value {
+pub fn compute(from: NaiveDate, to: NaiveDate, group_by: GroupBy, rows: &[(NaiveDate, Metric, i64)]) -> Value {
     serde_json::to_value(insights(from, to, group_by, rows)).unwrap_or(Value::Null)
 }
 
-pub fn insights(
-    from: NaiveDate,
-    to: NaiveDate,
-    group_by: GroupBy,
-    rows: &[(NaiveDate, Metric, i64)],
-) -> Insights {
+pub fn insights(from: NaiveDate, to: NaiveDate, group_by: GroupBy, rows: &[(NaiveDate, Metric, i64)]) -> Insights {
     const M: usize = Metric::ALL.len();
     let first = group_by.bucket_start(from);
     let mut starts = Vec::new();
@@ -218,17 +182,9 @@ pub fn insights(
     let t = |m: Metric| totals[m as usize].max(0);
     let leads = t(Metric::NewLeads);
     let converted = t(Metric::Converted);
-    let conversion_rate = if leads == 0 {
-        0.0
-    } else {
-        round(converted as f64 / leads as f64, 3)
-    };
-    let avg_sales_cycle_days = (converted > 0).then(|| {
-        round(
-            t(Metric::CycleSeconds) as f64 / converted as f64 / 86_400.0,
-            1,
-        )
-    });
+    let conversion_rate = if leads == 0 { 0.0 } else { round(converted as f64 / leads as f64, 3) };
+    let avg_sales_cycle_days =
+        (converted > 0).then(|| round(t(Metric::CycleSeconds) as f64 / converted as f64 / 86_400.0, 1));
     let trend = starts
         .iter()
         .zip(&per_bucket)
@@ -240,33 +196,13 @@ pub fn insights(
         })
         .collect();
     Insights {
-        period: Period {
-            from: from.to_string(),
-            to: to.to_string(),
-            group_by: group_by.as_str(),
-        },
-        kpis: Kpis {
-            total_leads: leads,
-            conversion_rate,
-            avg_sales_cycle_days,
-        },
+        period: Period { from: from.to_string(), to: to.to_string(), group_by: group_by.as_str() },
+        kpis: Kpis { total_leads: leads, conversion_rate, avg_sales_cycle_days },
         engagement_distribution: [
-            Bucket {
-                score_range: "0-25",
-                count: t(Metric::Bucket0To25),
-            },
-            Bucket {
-                score_range: "26-50",
-                count: t(Metric::Bucket26To50),
-            },
-            Bucket {
-                score_range: "51-75",
-                count: t(Metric::Bucket51To75),
-            },
-            Bucket {
-                score_range: "76-100",
-                count: t(Metric::Bucket76To100),
-            },
+            Bucket { score_range: "0-25", count: t(Metric::Bucket0To25) },
+            Bucket { score_range: "26-50", count: t(Metric::Bucket26To50) },
+            Bucket { score_range: "51-75", count: t(Metric::Bucket51To75) },
+            Bucket { score_range: "76-100", count: t(Metric::Bucket76To100) },
         ],
         trend,
     }
@@ -282,17 +218,9 @@ mod tests {
 
     #[test]
     fn weeks_start_on_monday_and_empty_buckets_are_listed() {
-        let rows = vec![
-            (d("2024-02-29"), Metric::NewLeads, 2),
-            (d("2024-03-04"), Metric::NewLeads, 1),
-        ];
+        let rows = vec![(d("2024-02-29"), Metric::NewLeads, 2), (d("2024-03-04"), Metric::NewLeads, 1)];
         let v = compute(d("2024-02-28"), d("2024-03-12"), GroupBy::Week, &rows);
-        let dates: Vec<_> = v["trend"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["date"].as_str().unwrap().to_string())
-            .collect();
+        let dates: Vec<_> = v["trend"].as_array().unwrap().iter().map(|r| r["date"].as_str().unwrap().to_string()).collect();
         assert_eq!(dates, ["2024-02-28", "2024-03-04", "2024-03-11"]);
         assert_eq!(v["trend"][0]["newLeads"], 2);
         assert_eq!(v["trend"][1]["newLeads"], 1);

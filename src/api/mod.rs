@@ -48,21 +48,13 @@ impl Req {
 
     /// The query string as pairs; a malformed one is a 400.
     pub fn query_pairs(&self) -> Result<Vec<(String, String)>> {
-        serde_urlencoded::from_str::<Vec<(String, String)>>(&self.query).map_err(|_| {
-            ApiError::new(
-                Code::ValidationError,
-                "Malformed query string",
-                "Query string malformada",
-            )
-        })
+        serde_urlencoded::from_str::<Vec<(String, String)>>(&self.query)
+            .map_err(|_| ApiError::new(Code::ValidationError, "Malformed query string", "Query string malformada"))
     }
 
     /// The caller must hold `scope` (any of `scopes`).
     pub fn require(&self, scopes: &[&str]) -> Result<&Principal> {
-        let p = self
-            .principal
-            .as_ref()
-            .ok_or_else(|| unauthorized(TokenError::Missing))?;
+        let p = self.principal.as_ref().ok_or_else(|| unauthorized(TokenError::Missing))?;
         if scopes.iter().any(|s| p.has(s)) {
             Ok(p)
         } else {
@@ -74,24 +66,14 @@ impl Req {
             .with_oauth_error("insufficient_scope")
             .with_header(
                 "www-authenticate",
-                format!(
-                    "Bearer error=\"insufficient_scope\", scope=\"{}\"",
-                    scopes.join(" ")
-                ),
+                format!("Bearer error=\"insufficient_scope\", scope=\"{}\"", scopes.join(" ")),
             ))
         }
     }
 
     /// Parses a JSON body, insisting on a JSON content type.
     pub fn json(&self, also: &[&str]) -> Result<serde_json::Value> {
-        let ct = self
-            .header("content-type")
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let ct = self.header("content-type").unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if ct != "application/json" && !also.contains(&ct.as_str()) {
             return Err(ApiError::new(
                 Code::UnsupportedMediaType,
@@ -100,50 +82,24 @@ impl Req {
             ));
         }
         serde_json::from_slice(&self.body).map_err(|e| {
-            ApiError::new(
-                Code::InvalidJson,
-                "The body is not valid JSON",
-                "O corpo não é um JSON válido",
-            )
-            .with_detail(
-                "position",
-                format!("line {}, column {}", e.line(), e.column()),
-            )
+            ApiError::new(Code::InvalidJson, "The body is not valid JSON", "O corpo não é um JSON válido")
+                .with_detail("position", format!("line {}, column {}", e.line(), e.column()))
         })
     }
 }
 
 pub fn unauthorized(e: TokenError) -> ApiError {
     let (en, pt, desc) = match e {
-        TokenError::Missing => (
-            "A bearer token is required",
-            "Token Bearer obrigatório",
-            None,
-        ),
-        TokenError::Invalid => (
-            "The access token is invalid",
-            "Token de acesso inválido",
-            Some("invalid"),
-        ),
-        TokenError::Expired => (
-            "The access token has expired",
-            "Token de acesso expirado",
-            Some("expired"),
-        ),
-        TokenError::Revoked => (
-            "The client has been revoked",
-            "O cliente foi revogado",
-            Some("revoked"),
-        ),
+        TokenError::Missing => ("A bearer token is required", "Token Bearer obrigatório", None),
+        TokenError::Invalid => ("The access token is invalid", "Token de acesso inválido", Some("invalid")),
+        TokenError::Expired => ("The access token has expired", "Token de acesso expirado", Some("expired")),
+        TokenError::Revoked => ("The client has been revoked", "O cliente foi revogado", Some("revoked")),
     };
     let challenge = match desc {
         None => "Bearer realm=\"customer360\"".to_string(),
-        Some(d) => format!(
-            "Bearer realm=\"customer360\", error=\"invalid_token\", error_description=\"{d}\""
-        ),
+        Some(d) => format!("Bearer realm=\"customer360\", error=\"invalid_token\", error_description=\"{d}\""),
     };
-    let mut err =
-        ApiError::new(Code::Unauthorized, en, pt).with_header("www-authenticate", challenge);
+    let mut err = ApiError::new(Code::Unauthorized, en, pt).with_header("www-authenticate", challenge);
     if desc.is_some() {
         err = err.with_oauth_error("invalid_token");
     }
@@ -151,30 +107,20 @@ pub fn unauthorized(e: TokenError) -> ApiError {
 }
 
 pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Resp {
-    json_bytes_response(
-        status,
-        serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()),
-    )
+    json_bytes_response(status, serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()))
 }
 
 /// A JSON body already serialised.
 pub fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Resp {
     let mut r = http::Response::new(Bytes::from(bytes));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
     r
 }
 
 pub fn method_not_allowed(allow: &str) -> ApiError {
-    ApiError::new(
-        Code::MethodNotAllowed,
-        "Method not allowed on this resource",
-        "Método não permitido neste recurso",
-    )
-    .with_header("allow", allow)
+    ApiError::new(Code::MethodNotAllowed, "Method not allowed on this resource", "Método não permitido neste recurso")
+        .with_header("allow", allow)
 }
 
 /// The one warp filter: everything goes through `handle`.
@@ -186,23 +132,10 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Resp,), Error = warp::Rej
         .and(warp::header::headers_cloned())
         .and(warp::addr::remote())
         .and(warp::body::stream())
-        .then(
-            move |method, path: warp::path::FullPath, query, headers, remote, body| {
-                let app = app.clone();
-                async move {
-                    handle(
-                        app,
-                        method,
-                        path.as_str().to_string(),
-                        query,
-                        headers,
-                        remote,
-                        body,
-                    )
-                    .await
-                }
-            },
-        )
+        .then(move |method, path: warp::path::FullPath, query, headers, remote, body| {
+            let app = app.clone();
+            async move { handle(app, method, path.as_str().to_string(), query, headers, remote, body).await }
+        })
 }
 
 fn trace_id_from(headers: &HeaderMap) -> String {
@@ -217,9 +150,7 @@ fn trace_id_from(headers: &HeaderMap) -> String {
                 && parts[0] != "ff"
                 && parts[1].len() == 32
                 && parts[2].len() == 16
-                && parts[1]
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                && parts[1].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
                 && parts[1].bytes().any(|b| b != b'0');
             ok.then(|| parts[1].to_string())
         })
@@ -233,12 +164,7 @@ fn client_ip(app: &App, headers: &HeaderMap, remote: Option<SocketAddr>) -> Opti
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
-            .and_then(|v| {
-                v.trim()
-                    .parse::<IpAddr>()
-                    .ok()
-                    .or_else(|| v.trim().parse::<SocketAddr>().ok().map(|s| s.ip()))
-            })
+            .and_then(|v| v.trim().parse::<IpAddr>().ok().or_else(|| v.trim().parse::<SocketAddr>().ok().map(|s| s.ip())))
         {
             return Some(ip);
         }
@@ -255,11 +181,7 @@ where
     let read = async {
         while let Some(chunk) = body.next().await {
             let mut chunk = chunk.map_err(|_| {
-                ApiError::new(
-                    Code::InvalidJson,
-                    "The request body could not be read",
-                    "Não foi possível ler o corpo",
-                )
+                ApiError::new(Code::InvalidJson, "The request body could not be read", "Não foi possível ler o corpo")
             })?;
             if buf.len() + chunk.remaining() > MAX_BODY_BYTES {
                 return Err(ApiError::new(
@@ -280,11 +202,7 @@ where
     match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Ok(Ok(())) => Ok(buf.freeze()),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(ApiError::new(
-            Code::RequestTimeout,
-            "The request body took too long",
-            "O corpo demorou demais",
-        )),
+        Err(_) => Err(ApiError::new(Code::RequestTimeout, "The request body took too long", "O corpo demorou demais")),
     }
 }
 
@@ -304,19 +222,12 @@ where
 {
     let started = Instant::now();
     let trace_id = trace_id_from(&headers);
-    let invocation_id = headers
-        .get("x-azure-functions-invocationid")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let lang =
-        Lang::from_accept_language(headers.get("accept-language").and_then(|v| v.to_str().ok()));
+    let invocation_id = headers.get("x-azure-functions-invocationid").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let lang = Lang::from_accept_language(headers.get("accept-language").and_then(|v| v.to_str().ok()));
     let span = tracing::info_span!("request", traceId = %trace_id, invocationId = invocation_id.as_deref().unwrap_or(""));
     async move {
         let ip = client_ip(&app, &headers, remote);
-        let origin = headers
-            .get("origin")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let origin = headers.get("origin").and_then(|v| v.to_str().ok()).map(str::to_string);
         let mut req = Req {
             method,
             path,
@@ -340,11 +251,7 @@ where
         };
         finish_headers(&app, &mut resp, &req, origin.as_deref(), rate);
         let status = resp.status().as_u16();
-        let client = req
-            .principal
-            .as_ref()
-            .map(|p| p.client_id.as_str())
-            .unwrap_or("");
+        let client = req.principal.as_ref().map(|p| p.client_id.as_str()).unwrap_or("");
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         if status >= 500 {
             tracing::error!(method = %req.method, path = %req.path, status, ms, client, "request");
@@ -370,21 +277,12 @@ pub fn render_error(e: &ApiError, req: &Req) -> Resp {
     r
 }
 
-fn finish_headers(
-    app: &App,
-    r: &mut Resp,
-    req: &Req,
-    origin: Option<&str>,
-    rate: Option<crate::ratelimit::Decision>,
-) {
+fn finish_headers(app: &App, r: &mut Resp, req: &Req, origin: Option<&str>, rate: Option<crate::ratelimit::Decision>) {
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&req.trace_id) {
         h.insert("x-trace-id", v);
     }
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     if !h.contains_key("cache-control") {
@@ -412,28 +310,16 @@ fn finish_headers(
 fn is_public(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/api/health"
-            | "/api/health/ready"
-            | "/api/auth/token"
-            | "/api/.well-known/oauth-authorization-server"
-            | "/api/openapi.json"
+        "/" | "/api/health" | "/api/health/ready" | "/api/auth/token" | "/api/.well-known/oauth-authorization-server" | "/api/openapi.json"
     )
 }
 
 pub(crate) fn rate_limited(d: crate::ratelimit::Decision) -> ApiError {
-    ApiError::new(
-        Code::RateLimited,
-        "Too many requests, retry later",
-        "Muitas requisições, tente mais tarde",
-    )
-    .with_header("retry-after", d.reset_in.to_string())
+    ApiError::new(Code::RateLimited, "Too many requests, retry later", "Muitas requisições, tente mais tarde")
+        .with_header("retry-after", d.reset_in.to_string())
 }
 
-async fn dispatch(
-    app: &App,
-    req: &mut Req,
-    rate: &mut Option<crate::ratelimit::Decision>,
-) -> Result<Resp> {
+async fn dispatch(app: &App, req: &mut Req, rate: &mut Option<crate::ratelimit::Decision>) -> Result<Resp> {
     // CORS preflight: answered before authentication (browsers send no token with it).
     if req.method == Method::OPTIONS && req.header("access-control-request-method").is_some() {
         return Ok(preflight(app, req));
@@ -446,10 +332,7 @@ async fn dispatch(
     if !is_public(&path) && path.starts_with("/api/") {
         let token = req
             .header("authorization")
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(str::to_string);
@@ -482,10 +365,7 @@ async fn dispatch(
     }
     match segs.as_slice() {
         [""] | [] => match req.method {
-            Method::GET | Method::HEAD => Ok(json_response(
-                StatusCode::OK,
-                &serde_json::json!({"service": "customer360"}),
-            )),
+            Method::GET | Method::HEAD => Ok(json_response(StatusCode::OK, &serde_json::json!({"service": "customer360"}))),
             _ => Err(method_not_allowed("GET, HEAD")),
         },
         ["api", "health", rest @ ..] => health::handle(app, req, rest).await,
@@ -509,22 +389,13 @@ fn openapi(req: &Req) -> Result<Resp> {
         return Err(method_not_allowed("GET"));
     }
     let mut r = http::Response::new(Bytes::from_static(OPENAPI.as_bytes()));
-    r.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    r.headers_mut().insert(
-        "cache-control",
-        HeaderValue::from_static("public, max-age=300"),
-    );
+    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+    r.headers_mut().insert("cache-control", HeaderValue::from_static("public, max-age=300"));
     Ok(r)
 }
 
 fn ip_key(req: &Req) -> String {
-    format!(
-        "ip:{}",
-        req.client_ip.map(|i| i.to_string()).unwrap_or_default()
-    )
+    format!("ip:{}", req.client_ip.map(|i| i.to_string()).unwrap_or_default())
 }
 
 fn preflight(app: &App, req: &Req) -> Resp {
@@ -536,10 +407,7 @@ fn preflight(app: &App, req: &Req) -> Resp {
         if let Ok(v) = HeaderValue::from_str(origin) {
             h.insert("access-control-allow-origin", v);
         }
-        h.insert(
-            "access-control-allow-methods",
-            HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
-        );
+        h.insert("access-control-allow-methods", HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"));
         h.insert(
             "access-control-allow-headers",
             HeaderValue::from_static("authorization, content-type, accept, accept-language, if-match, if-none-match, idempotency-key, traceparent"),

@@ -20,19 +20,7 @@ pub async fn handle(app: &App, req: &Req) -> Result<Resp> {
             }
         }
     })?;
-    let q = OpportunityQuery {
-        customer_external_id,
-        offset: (page - 1) * size as u64,
-        limit: size,
-    };
+    let q = OpportunityQuery { customer_external_id, offset: (page - 1) * size as u64, limit: size };
     let (items, total) = app.store.list_opportunities(&q).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &page_body(
-            page,
-            size,
-            total,
-            items.iter().map(Opportunity::to_api).collect(),
-        ),
-    ))
+    Ok(json_response(StatusCode::OK, &page_body(page, size, total, items.iter().map(Opportunity::to_api).collect())))
 }

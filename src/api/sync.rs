@@ -21,29 +21,18 @@ pub async fn handle(app: &App, req: &Req, rest: &[&str]) -> Result<Resp> {
 }
 
 /// `page` (≥ 1) and `pageSize` (1..=200) from the query, as on `/api/customers`.
-pub(crate) fn page_params(
-    req: &Req,
-    extra: &mut dyn FnMut(&str, &str, &mut Vec<FieldError>),
-) -> Result<(u64, u32)> {
+pub(crate) fn page_params(req: &Req, extra: &mut dyn FnMut(&str, &str, &mut Vec<FieldError>)) -> Result<(u64, u32)> {
     let (mut page, mut size) = (1u64, DEFAULT_PAGE_SIZE);
     let mut errors = Vec::new();
     for (k, v) in req.query_pairs()? {
         match k.as_str() {
             "page" => match v.parse::<u64>() {
                 Ok(n) if (1..=10_000_000).contains(&n) => page = n,
-                _ => errors.push(FieldError::new(
-                    "page",
-                    "Expected an integer ≥ 1",
-                    "Esperado um inteiro ≥ 1",
-                )),
+                _ => errors.push(FieldError::new("page", "Expected an integer ≥ 1", "Esperado um inteiro ≥ 1")),
             },
             "pageSize" => match v.parse::<u32>() {
                 Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => size = n,
-                _ => errors.push(FieldError::new(
-                    "pageSize",
-                    "Expected an integer from 1 to 200",
-                    "Esperado um inteiro de 1 a 200",
-                )),
+                _ => errors.push(FieldError::new("pageSize", "Expected an integer from 1 to 200", "Esperado um inteiro de 1 a 200")),
             },
             other => extra(other, &v, &mut errors),
         }
@@ -62,19 +51,8 @@ pub(crate) fn page_body(page: u64, size: u32, total: u64, data: Vec<Value>) -> V
 async fn list(app: &App, req: &Req) -> Result<Resp> {
     req.require(&["sync.read", "sync.write"])?;
     let (page, size) = page_params(req, &mut |_, _, _| {})?;
-    let (jobs, total) = app
-        .store
-        .list_sync_jobs((page - 1) * size as u64, size)
-        .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &page_body(
-            page,
-            size,
-            total,
-            jobs.iter().map(SyncJob::to_api).collect(),
-        ),
-    ))
+    let (jobs, total) = app.store.list_sync_jobs((page - 1) * size as u64, size).await?;
+    Ok(json_response(StatusCode::OK, &page_body(page, size, total, jobs.iter().map(SyncJob::to_api).collect())))
 }
 
 async fn get(app: &App, req: &Req, id: &str) -> Result<Resp> {
@@ -82,11 +60,7 @@ async fn get(app: &App, req: &Req, id: &str) -> Result<Resp> {
     if !crate::ids::is_id("sync", id) {
         return Err(ApiError::not_found("Sync job"));
     }
-    let job = app
-        .store
-        .get_sync_job(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Sync job"))?;
+    let job = app.store.get_sync_job(id).await?.ok_or_else(|| ApiError::not_found("Sync job"))?;
     Ok(json_response(StatusCode::OK, &job.to_api()))
 }
 
@@ -100,11 +74,7 @@ struct SyncRequest {
 
 fn parse_request(body: &Value, now: DateTime<Utc>) -> Result<SyncRequest> {
     let Some(obj) = body.as_object() else {
-        return Err(ApiError::field(
-            "body",
-            "Expected a JSON object",
-            "Esperado um objeto JSON",
-        ));
+        return Err(ApiError::field("body", "Expected a JSON object", "Esperado um objeto JSON"));
     };
     let mut errors = Vec::new();
     for k in obj.keys() {
@@ -112,40 +82,19 @@ fn parse_request(body: &Value, now: DateTime<Utc>) -> Result<SyncRequest> {
             errors.push(FieldError::new(k, "Unknown field", "Campo desconhecido"));
         }
     }
-    let entity = obj
-        .get("entity")
-        .and_then(Value::as_str)
-        .and_then(SyncEntity::parse);
+    let entity = obj.get("entity").and_then(Value::as_str).and_then(SyncEntity::parse);
     if entity.is_none() {
-        errors.push(FieldError::new(
-            "entity",
-            "Expected customers or opportunities",
-            "Esperado customers ou opportunities",
-        ));
+        errors.push(FieldError::new("entity", "Expected customers or opportunities", "Esperado customers ou opportunities"));
     }
-    let mode = obj
-        .get("mode")
-        .and_then(Value::as_str)
-        .and_then(SyncMode::parse);
+    let mode = obj.get("mode").and_then(Value::as_str).and_then(SyncMode::parse);
     if mode.is_none() {
-        errors.push(FieldError::new(
-            "mode",
-            "Expected full or incremental",
-            "Esperado full ou incremental",
-        ));
+        errors.push(FieldError::new("mode", "Expected full or incremental", "Esperado full ou incremental"));
     }
     let since = match obj.get("since") {
         None | Some(Value::Null) => None,
-        Some(v) => match v
-            .as_str()
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        {
+        Some(v) => match v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()) {
             Some(t) if t.with_timezone(&Utc) > now => {
-                errors.push(FieldError::new(
-                    "since",
-                    "Must not be in the future",
-                    "Não pode estar no futuro",
-                ));
+                errors.push(FieldError::new("since", "Must not be in the future", "Não pode estar no futuro"));
                 None
             }
             Some(t) => Some(t.with_timezone(&Utc)),
@@ -160,18 +109,10 @@ fn parse_request(body: &Value, now: DateTime<Utc>) -> Result<SyncRequest> {
         },
     };
     if since.is_some() && mode == Some(SyncMode::Full) {
-        errors.push(FieldError::new(
-            "since",
-            "Only an incremental sync takes since",
-            "Apenas a sincronização incremental aceita since",
-        ));
+        errors.push(FieldError::new("since", "Only an incremental sync takes since", "Apenas a sincronização incremental aceita since"));
     }
     match (entity, mode) {
-        (Some(entity), Some(mode)) if errors.is_empty() => Ok(SyncRequest {
-            entity,
-            mode,
-            since,
-        }),
+        (Some(entity), Some(mode)) if errors.is_empty() => Ok(SyncRequest { entity, mode, since }),
         _ => {
             errors.sort_by(|a, b| a.field.cmp(&b.field));
             Err(ApiError::validation(errors))
@@ -198,10 +139,7 @@ async fn create(app: &App, req: &Req) -> Result<Resp> {
     let record = idem.record(202, &resp_body, &location, now);
     match crate::sync::queue_job(app, job, record).await {
         Ok(_) => Ok(created(StatusCode::ACCEPTED, resp_body, Some(&location))),
-        Err(StoreError::Conflict {
-            field: "idempotencyKey",
-            ..
-        }) => idem.lost_race(app).await,
+        Err(StoreError::Conflict { field: "idempotencyKey", .. }) => idem.lost_race(app).await,
         Err(e) => Err(e.into()),
     }
 }
@@ -213,25 +151,13 @@ mod tests {
     #[test]
     fn requests_name_every_bad_field() {
         let now = Utc::now();
-        let e = parse_request(
-            &json!({"entity": "orders", "mode": "sometimes", "x": 1}),
-            now,
-        )
-        .unwrap_err();
+        let e = parse_request(&json!({"entity": "orders", "mode": "sometimes", "x": 1}), now).unwrap_err();
         let fields: Vec<_> = e.field_errors.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["entity", "mode", "x"]);
         let future = (now + chrono::Duration::hours(1)).to_rfc3339();
-        let e = parse_request(
-            &json!({"entity": "customers", "mode": "incremental", "since": future}),
-            now,
-        )
-        .unwrap_err();
+        let e = parse_request(&json!({"entity": "customers", "mode": "incremental", "since": future}), now).unwrap_err();
         assert_eq!(e.field_errors[0].field, "since");
-        let ok = parse_request(
-            &json!({"entity": "customers", "mode": "incremental", "since": "2025-10-10T00:00:00Z"}),
-            now,
-        )
-        .unwrap();
+        let ok = parse_request(&json!({"entity": "customers", "mode": "incremental", "since": "2025-10-10T00:00:00Z"}), now).unwrap();
         assert_eq!(ok.entity, SyncEntity::Customers);
         assert!(ok.since.is_some());
     }

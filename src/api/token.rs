@@ -21,53 +21,27 @@ fn invalid_request(en: &str, pt: &str) -> ApiError {
 
 fn basic_credentials(req: &Req) -> Option<(String, String)> {
     let h = req.header("authorization")?.strip_prefix("Basic ")?;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(h.trim())
-        .ok()?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(h.trim()).ok()?;
     let s = String::from_utf8(raw).ok()?;
     let (id, secret) = s.split_once(':')?;
     // RFC 6749 §2.3.1: both parts are form-urlencoded.
-    let decode = |v: &str| {
-        serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={v}"))
-            .ok()?
-            .pop()
-            .map(|p| p.1)
-    };
+    let decode = |v: &str| serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={v}")).ok()?.pop().map(|p| p.1);
     Some((decode(id)?, decode(secret)?))
 }
 
 fn parse(req: &Req) -> Result<TokenRequest> {
-    let ct = req
-        .header("content-type")
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = req.header("content-type").unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let (mut id, mut secret, scope, grant_type) = match ct.as_str() {
         "application/json" => {
             let v = req.json(&[])?;
             let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-            (
-                s("clientId").or(s("client_id")),
-                s("clientSecret").or(s("client_secret")),
-                s("scope"),
-                s("grant_type").or(s("grantType")),
-            )
+            (s("clientId").or(s("client_id")), s("clientSecret").or(s("client_secret")), s("scope"), s("grant_type").or(s("grantType")))
         }
         "application/x-www-form-urlencoded" => {
-            let pairs: Vec<(String, String)> =
-                serde_urlencoded::from_bytes(&req.body).map_err(|_| {
-                    invalid_request("Malformed form body", "Corpo de formulário malformado")
-                })?;
+            let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&req.body)
+                .map_err(|_| invalid_request("Malformed form body", "Corpo de formulário malformado"))?;
             let s = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-            (
-                s("client_id"),
-                s("client_secret"),
-                s("scope"),
-                s("grant_type"),
-            )
+            (s("client_id"), s("client_secret"), s("scope"), s("grant_type"))
         }
         _ => {
             return Err(ApiError::new(
@@ -87,10 +61,7 @@ fn parse(req: &Req) -> Result<TokenRequest> {
             .with_oauth_error("unsupported_grant_type"));
         }
     } else if ct != "application/json" {
-        return Err(invalid_request(
-            "grant_type is required",
-            "grant_type é obrigatório",
-        ));
+        return Err(invalid_request("grant_type is required", "grant_type é obrigatório"));
     }
     if let Some((bid, bsecret)) = basic_credentials(req) {
         if id.is_some() || secret.is_some() {
@@ -104,16 +75,9 @@ fn parse(req: &Req) -> Result<TokenRequest> {
     }
     match (id, secret) {
         (Some(id), Some(secret)) if !id.is_empty() && id.len() <= 200 && secret.len() <= 500 => {
-            Ok(TokenRequest {
-                client_id: id,
-                client_secret: SecretString::new(secret),
-                scope,
-            })
+            Ok(TokenRequest { client_id: id, client_secret: SecretString::new(secret), scope })
         }
-        _ => Err(invalid_request(
-            "clientId and clientSecret are required",
-            "clientId e clientSecret são obrigatórios",
-        )),
+        _ => Err(invalid_request("clientId and clientSecret are required", "clientId e clientSecret são obrigatórios")),
     }
 }
 
@@ -131,11 +95,7 @@ pub async fn handle(app: &App, req: &Req) -> Result<Resp> {
     if !by_client.allowed {
         return Err(super::rate_limited(by_client));
     }
-    match app
-        .auth
-        .grant(&t.client_id, &t.client_secret, t.scope.as_deref())
-        .await
-    {
+    match app.auth.grant(&t.client_id, &t.client_secret, t.scope.as_deref()).await {
         Ok(issued) => {
             let mut r = json_response(
                 StatusCode::OK,
@@ -146,10 +106,8 @@ pub async fn handle(app: &App, req: &Req) -> Result<Resp> {
                     "scope": issued.scope,
                 }),
             );
-            r.headers_mut()
-                .insert("cache-control", HeaderValue::from_static("no-store"));
-            r.headers_mut()
-                .insert("pragma", HeaderValue::from_static("no-cache"));
+            r.headers_mut().insert("cache-control", HeaderValue::from_static("no-store"));
+            r.headers_mut().insert("pragma", HeaderValue::from_static("no-cache"));
             Ok(r)
         }
         Err(GrantError::InvalidClient) => Err(ApiError::new(
@@ -185,9 +143,6 @@ pub fn metadata(app: &App, req: &Req) -> Result<Resp> {
             "response_types_supported": [],
         }),
     );
-    r.headers_mut().insert(
-        "cache-control",
-        HeaderValue::from_static("public, max-age=3600"),
-    );
+    r.headers_mut().insert("cache-control", HeaderValue::from_static("public, max-age=3600"));
     Ok(r)
 }

@@ -21,10 +21,7 @@ pub async fn handle(app: &App, req: &Req, rest: &[&str]) -> Result<Resp> {
         ([], &Method::GET) => list(app).await,
         ([], &Method::POST) => create(app, req).await,
         ([], _) => Err(method_not_allowed("GET, POST")),
-        ([id], &Method::GET) => Ok(json_response(
-            StatusCode::OK,
-            &subscription_json(&load(app, id).await?),
-        )),
+        ([id], &Method::GET) => Ok(json_response(StatusCode::OK, &subscription_json(&load(app, id).await?))),
         ([id], &Method::DELETE) => delete(app, id).await,
         ([_], _) => Err(method_not_allowed("GET, DELETE")),
         ([id, "secret"], &Method::GET) => secret(app, id).await,
@@ -33,10 +30,7 @@ pub async fn handle(app: &App, req: &Req, rest: &[&str]) -> Result<Resp> {
         ([_, "deliveries"], _) => Err(method_not_allowed("GET")),
         ([id, "deliveries", did], &Method::GET) => {
             let s = load(app, id).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &delivery_json(&load_delivery(app, &s.id, did).await?),
-            ))
+            Ok(json_response(StatusCode::OK, &delivery_json(&load_delivery(app, &s.id, did).await?)))
         }
         ([_, "deliveries", _], _) => Err(method_not_allowed("GET")),
         ([id, "deliveries", did, "redeliver"], &Method::POST) => redeliver(app, id, did).await,
@@ -78,30 +72,21 @@ fn delivery_json(d: &WebhookDelivery) -> Value {
 
 /// The receiver's secrets, newest first (two while the webhook key is rotated).
 fn secrets_json(app: &App, id: &str) -> Vec<String> {
-    subscription_secrets(app, id)
-        .iter()
-        .map(|s| signature::whsec(s))
-        .collect()
+    subscription_secrets(app, id).iter().map(|s| signature::whsec(s)).collect()
 }
 
 async fn load(app: &App, id: &str) -> Result<WebhookSubscription> {
     if !crate::ids::is_id("whk", id) {
         return Err(ApiError::not_found("Webhook"));
     }
-    app.store
-        .get_subscription(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Webhook"))
+    app.store.get_subscription(id).await?.ok_or_else(|| ApiError::not_found("Webhook"))
 }
 
 async fn load_delivery(app: &App, subscription_id: &str, id: &str) -> Result<WebhookDelivery> {
     if !crate::ids::is_id("whd", id) {
         return Err(ApiError::not_found("Delivery"));
     }
-    app.store
-        .get_delivery(subscription_id, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Delivery"))
+    app.store.get_delivery(subscription_id, id).await?.ok_or_else(|| ApiError::not_found("Delivery"))
 }
 
 async fn list(app: &App) -> Result<Resp> {
@@ -111,44 +96,25 @@ async fn list(app: &App) -> Result<Resp> {
 }
 
 /// `{url, events, description}`, every problem reported at once.
-async fn parse_subscription(
-    app: &App,
-    body: &Value,
-) -> Result<(String, Vec<String>, Option<String>)> {
+async fn parse_subscription(app: &App, body: &Value) -> Result<(String, Vec<String>, Option<String>)> {
     let Some(obj) = body.as_object() else {
-        return Err(ApiError::field(
-            "body",
-            "Expected a JSON object",
-            "Esperado um objeto JSON",
-        ));
+        return Err(ApiError::field("body", "Expected a JSON object", "Esperado um objeto JSON"));
     };
     let mut errors = Vec::new();
     for k in obj.keys() {
         if !matches!(k.as_str(), "url" | "events" | "description") {
-            errors.push(FieldError::new(
-                k.as_str(),
-                "Unknown field",
-                "Campo desconhecido",
-            ));
+            errors.push(FieldError::new(k.as_str(), "Unknown field", "Campo desconhecido"));
         }
     }
     let url = match obj.get("url").and_then(Value::as_str).map(str::trim) {
         None | Some("") => {
-            errors.push(FieldError::new(
-                "url",
-                "Required: the https URL to send events to",
-                "Obrigatório: a URL https de destino",
-            ));
+            errors.push(FieldError::new("url", "Required: the https URL to send events to", "Obrigatório: a URL https de destino"));
             None
         }
         Some(u) => match target::check_url(u, app.config.webhook_allow_loopback).await {
             Ok((url, _)) => Some(url.to_string()),
             Err(why) => {
-                errors.push(FieldError::new(
-                    "url",
-                    format!("Not allowed: {why}"),
-                    format!("Não permitida: {why}"),
-                ));
+                errors.push(FieldError::new("url", format!("Not allowed: {why}"), format!("Não permitida: {why}")));
                 None
             }
         },
@@ -165,33 +131,19 @@ async fn parse_subscription(
                     }
                     _ => {
                         let known = EVENT_TYPES.join(", ");
-                        errors.push(FieldError::new(
-                            "events",
-                            format!("Each event must be one of {known}"),
-                            format!("Cada evento deve ser um de {known}"),
-                        ));
+                        errors.push(FieldError::new("events", format!("Each event must be one of {known}"), format!("Cada evento deve ser um de {known}")));
                         break;
                     }
                 }
             }
         }
-        _ => errors.push(FieldError::new(
-            "events",
-            "Required: a non-empty list of event types",
-            "Obrigatório: uma lista não vazia de tipos de evento",
-        )),
+        _ => errors.push(FieldError::new("events", "Required: a non-empty list of event types", "Obrigatório: uma lista não vazia de tipos de evento")),
     }
     let description = match obj.get("description") {
         None | Some(Value::Null) => None,
-        Some(Value::String(d)) if d.chars().count() <= MAX_DESCRIPTION => {
-            Some(d.trim().to_string()).filter(|d| !d.is_empty())
-        }
+        Some(Value::String(d)) if d.chars().count() <= MAX_DESCRIPTION => Some(d.trim().to_string()).filter(|d| !d.is_empty()),
         Some(_) => {
-            errors.push(FieldError::new(
-                "description",
-                "At most 500 characters of text",
-                "No máximo 500 caracteres de texto",
-            ));
+            errors.push(FieldError::new("description", "At most 500 characters of text", "No máximo 500 caracteres de texto"));
             None
         }
     };
@@ -211,13 +163,7 @@ async fn create(app: &App, req: &Req) -> Result<Resp> {
             format!("No máximo {MAX_SUBSCRIPTIONS} webhooks; exclua um antes"),
         ));
     }
-    let s = WebhookSubscription {
-        id: crate::ids::new_id("whk"),
-        url,
-        events,
-        description,
-        created_at: app.clock.now(),
-    };
+    let s = WebhookSubscription { id: crate::ids::new_id("whk"), url, events, description, created_at: app.clock.now() };
     app.store.create_subscription(&s).await?;
     let mut v = subscription_json(&s);
     // Shown here and at GET .../secret only: the receiver's key to verify signatures.
@@ -246,10 +192,7 @@ async fn delete(app: &App, id: &str) -> Result<Resp> {
 
 async fn secret(app: &App, id: &str) -> Result<Resp> {
     let s = load(app, id).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "secrets": secrets_json(app, &s.id) }),
-    ))
+    Ok(json_response(StatusCode::OK, &json!({ "secrets": secrets_json(app, &s.id) })))
 }
 
 async fn deliveries(app: &App, req: &Req, id: &str) -> Result<Resp> {
@@ -259,13 +202,7 @@ async fn deliveries(app: &App, req: &Req, id: &str) -> Result<Resp> {
         if k == "limit" {
             limit = match v.parse::<u32>() {
                 Ok(n) if (1..=MAX_DELIVERIES).contains(&n) => n,
-                _ => {
-                    return Err(ApiError::field(
-                        "limit",
-                        "Expected an integer from 1 to 200",
-                        "Esperado um inteiro de 1 a 200",
-                    ))
-                }
+                _ => return Err(ApiError::field("limit", "Expected an integer from 1 to 200", "Esperado um inteiro de 1 a 200")),
             };
         }
     }
@@ -277,11 +214,7 @@ async fn deliveries(app: &App, req: &Req, id: &str) -> Result<Resp> {
 async fn redeliver(app: &App, id: &str, delivery_id: &str) -> Result<Resp> {
     let s = load(app, id).await?;
     load_delivery(app, &s.id, delivery_id).await?;
-    match app
-        .store
-        .redeliver(&s.id, delivery_id, app.clock.now())
-        .await
-    {
+    match app.store.redeliver(&s.id, delivery_id, app.clock.now()).await {
         Ok(d) => Ok(json_response(StatusCode::ACCEPTED, &delivery_json(&d))),
         Err(StoreError::NotFound) => Err(ApiError::not_found("Delivery")),
         Err(e) => Err(e.into()),

@@ -14,8 +14,7 @@ pub enum LifecycleStage {
 }
 
 impl LifecycleStage {
-    pub const ALL: [LifecycleStage; 4] =
-        [Self::Lead, Self::Opportunity, Self::Customer, Self::Churn];
+    pub const ALL: [LifecycleStage; 4] = [Self::Lead, Self::Opportunity, Self::Customer, Self::Churn];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -160,26 +159,14 @@ pub struct CustomerFields {
 }
 
 const FIELDS: [&str; 9] = [
-    "externalId",
-    "name",
-    "email",
-    "phone",
-    "billingAddress",
-    "lifecycleStage",
-    "engagementScore",
-    "tags",
-    "customFields",
+    "externalId", "name", "email", "phone", "billingAddress", "lifecycleStage", "engagementScore", "tags", "customFields",
 ];
 
 /// Parses a create (`is_patch == false`) or merge-patch body, collecting one error per bad field.
 pub fn parse_fields(body: &Value, is_patch: bool) -> Result<CustomerFields, Vec<FieldError>> {
     let mut errors = Vec::new();
     let Some(obj) = body.as_object() else {
-        return Err(vec![FieldError::new(
-            "body",
-            "Expected a JSON object",
-            "Esperado um objeto JSON",
-        )]);
+        return Err(vec![FieldError::new("body", "Expected a JSON object", "Esperado um objeto JSON")]);
     };
     let mut f = CustomerFields::default();
     for (key, value) in obj {
@@ -222,9 +209,7 @@ fn nullable_str<'a>(field: &str, v: &'a Value) -> Result<Option<&'a str>, FieldE
 fn parse_one(f: &mut CustomerFields, key: &str, v: &Value) -> Result<(), FieldError> {
     match key {
         "name" => {
-            let s = v
-                .as_str()
-                .ok_or_else(|| type_error(key, "a string", "uma string"))?;
+            let s = v.as_str().ok_or_else(|| type_error(key, "a string", "uma string"))?;
             f.name = Some(validate::text(key, s, 1, 200)?);
         }
         "externalId" => {
@@ -257,33 +242,20 @@ fn parse_one(f: &mut CustomerFields, key: &str, v: &Value) -> Result<(), FieldEr
         }
         "engagementScore" => {
             let n = v.as_u64().filter(|n| *n <= 100).ok_or_else(|| {
-                FieldError::new(
-                    key,
-                    "Expected an integer from 0 to 100",
-                    "Esperado um inteiro de 0 a 100",
-                )
+                FieldError::new(key, "Expected an integer from 0 to 100", "Esperado um inteiro de 0 a 100")
             })?;
             f.engagement_score = Some(n as u8);
         }
         "tags" => {
-            let arr = v
-                .as_array()
-                .ok_or_else(|| type_error(key, "an array of strings", "um array de strings"))?;
+            let arr = v.as_array().ok_or_else(|| type_error(key, "an array of strings", "um array de strings"))?;
             if arr.len() > MAX_TAGS {
                 return Err(FieldError::new(key, "At most 50 tags", "No máximo 50 tags"));
             }
             let mut tags: Vec<String> = Vec::with_capacity(arr.len());
             for t in arr {
-                let s = t
-                    .as_str()
-                    .ok_or_else(|| type_error(key, "an array of strings", "um array de strings"))?;
-                let s = validate::text(key, s, 1, 64).map_err(|_| {
-                    FieldError::new(
-                        key,
-                        "Each tag must have 1 to 64 characters",
-                        "Cada tag deve ter de 1 a 64 caracteres",
-                    )
-                })?;
+                let s = t.as_str().ok_or_else(|| type_error(key, "an array of strings", "um array de strings"))?;
+                let s = validate::text(key, s, 1, 64)
+                    .map_err(|_| FieldError::new(key, "Each tag must have 1 to 64 characters", "Cada tag deve ter de 1 a 64 caracteres"))?;
                 if !tags.contains(&s) {
                     tags.push(s);
                 }
@@ -291,12 +263,8 @@ fn parse_one(f: &mut CustomerFields, key: &str, v: &Value) -> Result<(), FieldEr
             f.tags = Some(tags);
         }
         "customFields" => {
-            let m = v
-                .as_object()
-                .ok_or_else(|| type_error(key, "an object", "um objeto"))?;
-            if serde_json::to_vec(m).map(|b| b.len()).unwrap_or(usize::MAX)
-                > MAX_CUSTOM_FIELDS_BYTES
-            {
+            let m = v.as_object().ok_or_else(|| type_error(key, "an object", "um objeto"))?;
+            if serde_json::to_vec(m).map(|b| b.len()).unwrap_or(usize::MAX) > MAX_CUSTOM_FIELDS_BYTES {
                 return Err(FieldError::new(key, "At most 16 KiB", "No máximo 16 KiB"));
             }
             f.custom_fields = Some(m.clone());
@@ -318,11 +286,7 @@ fn parse_address(m: &Map<String, Value>) -> Result<Map<String, Value>, FieldErro
     for (k, v) in m {
         let field = format!("billingAddress.{k}");
         if !["street", "city", "state", "country", "zip"].contains(&k.as_str()) {
-            return Err(FieldError::new(
-                field,
-                "Unknown field",
-                "Campo desconhecido",
-            ));
+            return Err(FieldError::new(field, "Unknown field", "Campo desconhecido"));
         }
         let value = match nullable_str(&field, v)? {
             None => Value::Null,
@@ -334,15 +298,9 @@ fn parse_address(m: &Map<String, Value>) -> Result<Map<String, Value>, FieldErro
     Ok(out)
 }
 
-fn merge_address(
-    current: Option<&BillingAddress>,
-    patch: &Map<String, Value>,
-) -> Option<BillingAddress> {
+fn merge_address(current: Option<&BillingAddress>, patch: &Map<String, Value>) -> Option<BillingAddress> {
     let mut m = match current {
-        Some(a) => serde_json::to_value(a)
-            .ok()
-            .and_then(|v| v.as_object().cloned())
-            .unwrap_or_default(),
+        Some(a) => serde_json::to_value(a).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default(),
         None => Map::new(),
     };
     for (k, v) in patch {
@@ -374,10 +332,7 @@ impl CustomerFields {
             name: self.name.unwrap_or_default(),
             email: self.email.flatten(),
             phone: self.phone.flatten(),
-            billing_address: self
-                .billing_address
-                .flatten()
-                .and_then(|m| merge_address(None, &m)),
+            billing_address: self.billing_address.flatten().and_then(|m| merge_address(None, &m)),
             lifecycle_stage: stage,
             engagement_score: self.engagement_score.unwrap_or(0),
             tags: self.tags.unwrap_or_default(),
@@ -436,15 +391,9 @@ pub fn changes(old: &Customer, new: &Customer) -> Map<String, Value> {
     let (a, b) = (old.to_api(), new.to_api());
     let mut out = Map::new();
     for key in FIELDS {
-        let (from, to) = (
-            a.get(key).cloned().unwrap_or(Value::Null),
-            b.get(key).cloned().unwrap_or(Value::Null),
-        );
+        let (from, to) = (a.get(key).cloned().unwrap_or(Value::Null), b.get(key).cloned().unwrap_or(Value::Null));
         if from != to {
-            out.insert(
-                key.to_string(),
-                serde_json::json!({ "from": from, "to": to }),
-            );
+            out.insert(key.to_string(), serde_json::json!({ "from": from, "to": to }));
         }
     }
     out
@@ -466,20 +415,12 @@ mod tests {
     use serde_json::json;
 
     fn base() -> Customer {
-        CustomerFields {
-            name: Some("Maria".into()),
-            ..Default::default()
-        }
-        .into_new_customer("cstm_1".into(), Utc::now())
+        CustomerFields { name: Some("Maria".into()), ..Default::default() }.into_new_customer("cstm_1".into(), Utc::now())
     }
 
     #[test]
     fn create_requires_name_and_reports_every_bad_field() {
-        let errs = parse_fields(
-            &json!({"email": "x", "engagementScore": 101, "foo": 1}),
-            false,
-        )
-        .unwrap_err();
+        let errs = parse_fields(&json!({"email": "x", "engagementScore": 101, "foo": 1}), false).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["email", "engagementScore", "foo", "name"]);
     }
@@ -490,32 +431,18 @@ mod tests {
         c.tags = vec!["a".into(), "b".into()];
         c.custom_fields.insert("keep".into(), json!(1));
         c.custom_fields.insert("drop".into(), json!(2));
-        let p = parse_fields(
-            &json!({"tags": ["z", "z"], "customFields": {"drop": null, "new": true}}),
-            true,
-        )
-        .unwrap();
+        let p = parse_fields(&json!({"tags": ["z", "z"], "customFields": {"drop": null, "new": true}}), true).unwrap();
         let n = p.apply_to(&c);
         assert_eq!(n.tags, vec!["z".to_string()]);
-        assert_eq!(
-            n.custom_fields,
-            json!({"keep": 1, "new": true}).as_object().unwrap().clone()
-        );
+        assert_eq!(n.custom_fields, json!({"keep": 1, "new": true}).as_object().unwrap().clone());
     }
 
     #[test]
     fn billing_address_merges_and_null_removes_it() {
         let c = base();
-        let p = parse_fields(
-            &json!({"billingAddress": {"city": "São Paulo", "country": "br"}}),
-            true,
-        )
-        .unwrap();
+        let p = parse_fields(&json!({"billingAddress": {"city": "São Paulo", "country": "br"}}), true).unwrap();
         let n = p.apply_to(&c);
-        assert_eq!(
-            n.billing_address.as_ref().unwrap().country.as_deref(),
-            Some("BR")
-        );
+        assert_eq!(n.billing_address.as_ref().unwrap().country.as_deref(), Some("BR"));
         let p2 = parse_fields(&json!({"billingAddress": {"city": null}}), true).unwrap();
         let n2 = p2.apply_to(&n);
         assert_eq!(n2.billing_address.as_ref().unwrap().city, None);
@@ -526,15 +453,8 @@ mod tests {
     #[test]
     fn changes_lists_only_fields_that_changed() {
         let c = base();
-        let p = parse_fields(
-            &json!({"lifecycleStage": "Customer", "name": "Maria"}),
-            true,
-        )
-        .unwrap();
+        let p = parse_fields(&json!({"lifecycleStage": "Customer", "name": "Maria"}), true).unwrap();
         let ch = changes(&c, &p.apply_to(&c));
-        assert_eq!(
-            Value::Object(ch),
-            json!({"lifecycleStage": {"from": "Lead", "to": "Customer"}})
-        );
+        assert_eq!(Value::Object(ch), json!({"lifecycleStage": {"from": "Lead", "to": "Customer"}}));
     }
 }

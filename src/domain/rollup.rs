@@ -75,20 +75,12 @@ pub struct RollupDelta {
 }
 
 fn d(day: DateTime<Utc>, metric: Metric, delta: i64) -> RollupDelta {
-    RollupDelta {
-        day: day.date_naive(),
-        metric,
-        delta,
-    }
+    RollupDelta { day: day.date_naive(), metric, delta }
 }
 
 /// The deltas caused by writing `new` over `old` (None for a create). Stage entries happen
 /// at `at`. Returns the deltas and `new` with `converted_at` set when it first converts.
-pub fn rollup_deltas(
-    old: Option<&Customer>,
-    new: &mut Customer,
-    at: DateTime<Utc>,
-) -> Vec<RollupDelta> {
+pub fn rollup_deltas(old: Option<&Customer>, new: &mut Customer, at: DateTime<Utc>) -> Vec<RollupDelta> {
     let mut out = Vec::new();
     let created = new.created_at;
     match old {
@@ -97,10 +89,7 @@ pub fn rollup_deltas(
             out.push(d(created, Metric::bucket(new.engagement_score), 1));
         }
         Some(old) => {
-            let (a, b) = (
-                Metric::bucket(old.engagement_score),
-                Metric::bucket(new.engagement_score),
-            );
+            let (a, b) = (Metric::bucket(old.engagement_score), Metric::bucket(new.engagement_score));
             if a != b {
                 out.push(d(created, a, -1));
                 out.push(d(created, b, 1));
@@ -120,11 +109,7 @@ pub fn rollup_deltas(
             if first {
                 new.converted_at = Some(at);
                 out.push(d(created, Metric::Converted, 1));
-                out.push(d(
-                    created,
-                    Metric::CycleSeconds,
-                    (at - created).num_seconds().max(0),
-                ));
+                out.push(d(created, Metric::CycleSeconds, (at - created).num_seconds().max(0)));
             }
         }
         _ => {}
@@ -141,17 +126,10 @@ mod tests {
     #[test]
     fn conversion_is_counted_once_in_the_creation_cohort() {
         let t0 = Utc.with_ymd_and_hms(2024, 2, 28, 10, 0, 0).unwrap();
-        let mut c = CustomerFields {
-            name: Some("A".into()),
-            engagement_score: Some(30),
-            ..Default::default()
-        }
-        .into_new_customer("cstm_a".into(), t0);
+        let mut c = CustomerFields { name: Some("A".into()), engagement_score: Some(30), ..Default::default() }
+            .into_new_customer("cstm_a".into(), t0);
         let created = rollup_deltas(None, &mut c, t0);
-        assert_eq!(
-            created,
-            vec![d(t0, Metric::NewLeads, 1), d(t0, Metric::Bucket26To50, 1)]
-        );
+        assert_eq!(created, vec![d(t0, Metric::NewLeads, 1), d(t0, Metric::Bucket26To50, 1)]);
 
         let t1 = Utc.with_ymd_and_hms(2024, 2, 29, 10, 0, 0).unwrap();
         let mut won = c.clone();
@@ -159,11 +137,7 @@ mod tests {
         let deltas = rollup_deltas(Some(&c), &mut won, t1);
         assert_eq!(
             deltas,
-            vec![
-                d(t1, Metric::ClosedWon, 1),
-                d(t0, Metric::Converted, 1),
-                d(t0, Metric::CycleSeconds, 86_400)
-            ]
+            vec![d(t1, Metric::ClosedWon, 1), d(t0, Metric::Converted, 1), d(t0, Metric::CycleSeconds, 86_400)]
         );
         assert_eq!(won.converted_at, Some(t1));
 
@@ -173,9 +147,6 @@ mod tests {
         assert!(rollup_deltas(Some(&won), &mut churned, t1).is_empty());
         let mut back = churned.clone();
         back.lifecycle_stage = LifecycleStage::Customer;
-        assert_eq!(
-            rollup_deltas(Some(&churned), &mut back, t1),
-            vec![d(t1, Metric::ClosedWon, 1)]
-        );
+        assert_eq!(rollup_deltas(Some(&churned), &mut back, t1), vec![d(t1, Metric::ClosedWon, 1)]);
     }
 }

@@ -24,26 +24,13 @@ pub struct Invocation {
 }
 
 pub fn parse_invocation(req: &Req) -> Result<Invocation> {
-    let v: Value = serde_json::from_slice(&req.body).map_err(|_| {
-        ApiError::new(
-            Code::InvalidJson,
-            "Invocation body is not JSON",
-            "Corpo da invocação não é JSON",
-        )
-    })?;
+    let v: Value = serde_json::from_slice(&req.body)
+        .map_err(|_| ApiError::new(Code::InvalidJson, "Invocation body is not JSON", "Corpo da invocação não é JSON"))?;
     let data = v.get("Data").and_then(Value::as_object).cloned();
-    let metadata = v
-        .get("Metadata")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let metadata = v.get("Metadata").and_then(Value::as_object).cloned().unwrap_or_default();
     match data {
         Some(data) => Ok(Invocation { data, metadata }),
-        None => Err(ApiError::field(
-            "Data",
-            "Expected an object",
-            "Esperado um objeto",
-        )),
+        None => Err(ApiError::field("Data", "Expected an object", "Esperado um objeto")),
     }
 }
 
@@ -62,10 +49,7 @@ pub fn service_bus_body(v: &Value) -> Option<Value> {
 }
 
 pub fn invocation_response(logs: Vec<String>, return_value: Value) -> Resp {
-    json_response(
-        StatusCode::OK,
-        &json!({ "Outputs": {}, "Logs": logs, "ReturnValue": return_value }),
-    )
+    json_response(StatusCode::OK, &json!({ "Outputs": {}, "Logs": logs, "ReturnValue": return_value }))
 }
 
 pub async fn invoke(app: &App, req: &Req, name: &str) -> Result<Resp> {
@@ -75,11 +59,7 @@ pub async fn invoke(app: &App, req: &Req, name: &str) -> Result<Resp> {
     let inv = parse_invocation(req)?;
     // A timer trigger's binding is `{Schedule, ScheduleStatus, IsPastDue}`.
     if inv.data.get("timer").is_some_and(|t| !t.is_object()) {
-        return Err(ApiError::field(
-            "Data.timer",
-            "Expected an object",
-            "Esperado um objeto",
-        ));
+        return Err(ApiError::field("Data.timer", "Expected an object", "Esperado um objeto"));
     }
     match name {
         "SyncWorker" => sync_worker::run(app, &inv).await,

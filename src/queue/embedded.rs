@@ -29,11 +29,7 @@ impl EmbeddedQueue {
     /// for a `SyncWorker` invocation.
     pub fn new(workers: bool) -> EmbeddedQueue {
         let (tx, rx) = mpsc::unbounded_channel();
-        EmbeddedQueue {
-            tx,
-            rx: Mutex::new(Some(rx)),
-            workers,
-        }
+        EmbeddedQueue { tx, rx: Mutex::new(Some(rx)), workers }
     }
 }
 
@@ -43,15 +39,11 @@ impl JobQueue for EmbeddedQueue {
         if !self.workers {
             return Ok(());
         }
-        self.tx
-            .send(job_id.to_string())
-            .map_err(|_| QueueError::Unavailable("the embedded queue has stopped".into()))
+        self.tx.send(job_id.to_string()).map_err(|_| QueueError::Unavailable("the embedded queue has stopped".into()))
     }
 
     fn start(&self, app: Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
-        let Some(mut rx) = self.rx.lock().take().filter(|_| self.workers) else {
-            return Vec::new();
-        };
+        let Some(mut rx) = self.rx.lock().take().filter(|_| self.workers) else { return Vec::new() };
         let tx = self.tx.clone();
         let dispatcher = tokio::spawn(async move {
             match app.store.unfinished_sync_jobs().await {
@@ -72,9 +64,7 @@ impl JobQueue for EmbeddedQueue {
                 if !in_flight.insert(id.clone()) {
                     continue;
                 }
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
+                let Ok(permit) = slots.clone().acquire_owned().await else { break };
                 let (app, tx, in_flight) = (app.clone(), tx.clone(), in_flight.clone());
                 workers.spawn(async move {
                     let again = work(&app, &id).await;

@@ -26,20 +26,13 @@ pub trait JobQueue: Send + Sync + 'static {
 
 /// The queue for this configuration: Service Bus when SERVICEBUS_NAMESPACE is set, else the
 /// embedded queue (with workers only when standalone: under Functions the trigger works jobs).
-pub async fn open(
-    config: &crate::config::Config,
-    secrets: Arc<dyn crate::secrets::Secrets>,
-) -> Result<Arc<dyn JobQueue>, String> {
+pub async fn open(config: &crate::config::Config, secrets: Arc<dyn crate::secrets::Secrets>) -> Result<Arc<dyn JobQueue>, String> {
     match &config.servicebus {
         Some(sb) => {
             let http = azure_core_legacy::new_http_client();
-            let q = servicebus::ServiceBusQueue::open(http, sb, secrets)
-                .await
-                .map_err(|e| e.to_string())?;
+            let q = servicebus::ServiceBusQueue::open(http, sb, secrets).await.map_err(|e| e.to_string())?;
             Ok(Arc::new(q))
         }
-        None => Ok(Arc::new(embedded::EmbeddedQueue::new(
-            !config.functions_mode,
-        ))),
+        None => Ok(Arc::new(embedded::EmbeddedQueue::new(!config.functions_mode))),
     }
 }

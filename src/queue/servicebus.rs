@@ -5,9 +5,7 @@ use super::{JobQueue, QueueError};
 use crate::config::ServiceBusConfig;
 use crate::secrets::{SecretString, Secrets, SERVICEBUS_SEND_KEY};
 use async_trait::async_trait;
-use azure_messaging_servicebus::service_bus::{
-    QueueClient, SendMessageOptions, SettableBrokerProperties,
-};
+use azure_messaging_servicebus::service_bus::{QueueClient, SendMessageOptions, SettableBrokerProperties};
 use parking_lot::RwLock;
 use std::sync::Arc;
 
@@ -24,36 +22,24 @@ async fn send_key(secrets: &Arc<dyn Secrets>) -> Result<SecretString, QueueError
         .versions(SERVICEBUS_SEND_KEY)
         .await
         .map_err(|e| QueueError::Unavailable(format!("cannot read {SERVICEBUS_SEND_KEY}: {e}")))?;
-    versions.into_iter().next().map(|v| v.value).ok_or_else(|| {
-        QueueError::Unavailable(format!("{SERVICEBUS_SEND_KEY} has no enabled version"))
-    })
+    versions
+        .into_iter()
+        .next()
+        .map(|v| v.value)
+        .ok_or_else(|| QueueError::Unavailable(format!("{SERVICEBUS_SEND_KEY} has no enabled version")))
 }
 
 /// The crate wants the bare namespace name; SERVICEBUS_NAMESPACE holds the fully-qualified
 /// `<ns>.servicebus.windows.net` (as the trigger's connection setting does). Both are accepted.
 pub fn namespace_name(configured: &str) -> &str {
-    let s = configured
-        .trim()
-        .trim_start_matches("https://")
-        .trim_start_matches("sb://")
-        .trim_end_matches('/');
+    let s = configured.trim().trim_start_matches("https://").trim_start_matches("sb://").trim_end_matches('/');
     s.strip_suffix(".servicebus.windows.net").unwrap_or(s)
 }
 
-fn client(
-    http: &Arc<dyn azure_core_legacy::HttpClient>,
-    c: &ServiceBusConfig,
-    key: &SecretString,
-) -> Result<QueueClient, QueueError> {
+fn client(http: &Arc<dyn azure_core_legacy::HttpClient>, c: &ServiceBusConfig, key: &SecretString) -> Result<QueueClient, QueueError> {
     let ns = namespace_name(&c.namespace).to_string();
-    QueueClient::new(
-        http.clone(),
-        ns,
-        c.queue.clone(),
-        c.send_policy.clone(),
-        key.expose().to_string(),
-    )
-    .map_err(|e| QueueError::Unavailable(e.to_string()))
+    QueueClient::new(http.clone(), ns, c.queue.clone(), c.send_policy.clone(), key.expose().to_string())
+        .map_err(|e| QueueError::Unavailable(e.to_string()))
 }
 
 impl ServiceBusQueue {
@@ -64,12 +50,7 @@ impl ServiceBusQueue {
         config: &ServiceBusConfig,
         secrets: Arc<dyn Secrets>,
     ) -> Result<ServiceBusQueue, QueueError> {
-        let q = ServiceBusQueue {
-            http,
-            config: config.clone(),
-            secrets,
-            client: RwLock::new(None),
-        };
+        let q = ServiceBusQueue { http, config: config.clone(), secrets, client: RwLock::new(None) };
         if let Err(e) = q.reload_key().await {
             tracing::warn!(error = %e, "Service Bus send key not available yet; sync jobs cannot be queued");
         }
@@ -87,10 +68,7 @@ impl ServiceBusQueue {
         let body = serde_json::json!({ "jobId": job_id }).to_string();
         let options = SendMessageOptions {
             content_type: Some("application/json".into()),
-            broker_properties: Some(SettableBrokerProperties {
-                message_id: Some(job_id.to_string()),
-                ..Default::default()
-            }),
+            broker_properties: Some(SettableBrokerProperties { message_id: Some(job_id.to_string()), ..Default::default() }),
             custom_properties: None,
         };
         let current = self.client.read().clone();
@@ -98,10 +76,7 @@ impl ServiceBusQueue {
             Some(c) => c,
             None => self.reload_key().await.map_err(SendError::Queue)?,
         };
-        client
-            .send_message(&body, Some(options))
-            .await
-            .map_err(SendError::Http)
+        client.send_message(&body, Some(options)).await.map_err(SendError::Http)
     }
 }
 

@@ -8,10 +8,7 @@ use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::StatusCode;
 use azure_core::time::OffsetDateTime;
-use azure_identity::{
-    DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
-    UserAssignedId,
-};
+use azure_identity::{DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
 use azure_security_keyvault_secrets::models::{SecretClientGetSecretOptions, SecretProperties};
 use azure_security_keyvault_secrets::{ResourceExt, SecretClient};
 use chrono::{DateTime, Utc};
@@ -43,13 +40,11 @@ pub fn azure_credential(config: &Config) -> Result<Arc<dyn TokenCredential>, Str
                 user_assigned_id: config.azure_client_id.clone().map(UserAssignedId::ClientId),
                 ..Default::default()
             };
-            let credential = ManagedIdentityCredential::new(Some(options))
-                .map_err(|e| format!("managed identity: {e}"))?;
+            let credential = ManagedIdentityCredential::new(Some(options)).map_err(|e| format!("managed identity: {e}"))?;
             Ok(credential)
         }
         AzureCredentialKind::Developer => {
-            let credential = DeveloperToolsCredential::new(None)
-                .map_err(|e| format!("developer credential: {e}"))?;
+            let credential = DeveloperToolsCredential::new(None).map_err(|e| format!("developer credential: {e}"))?;
             Ok(credential)
         }
     }
@@ -58,29 +53,19 @@ pub fn azure_credential(config: &Config) -> Result<Arc<dyn TokenCredential>, Str
 impl KeyVaultSecrets {
     /// Over a ready client (tests pass one with their own transport and credential).
     pub fn new(client: SecretClient) -> KeyVaultSecrets {
-        KeyVaultSecrets {
-            client,
-            values: Mutex::new(HashMap::new()),
-        }
+        KeyVaultSecrets { client, values: Mutex::new(HashMap::new()) }
     }
 
     /// The vault at KEYVAULT_URL with the configured Azure credential.
     pub fn from_config(config: &Config) -> Result<KeyVaultSecrets, String> {
-        let url = config
-            .keyvault_url
-            .as_deref()
-            .ok_or("KEYVAULT_URL: required for Key Vault")?;
-        let client = SecretClient::new(url, azure_credential(config)?, None)
-            .map_err(|e| format!("KEYVAULT_URL {url:?}: {e}"))?;
+        let url = config.keyvault_url.as_deref().ok_or("KEYVAULT_URL: required for Key Vault")?;
+        let client = SecretClient::new(url, azure_credential(config)?, None).map_err(|e| format!("KEYVAULT_URL {url:?}: {e}"))?;
         Ok(KeyVaultSecrets::new(client))
     }
 
     /// The enabled, currently valid versions of `name`, newest first, at most `MAX_VERSIONS`.
     async fn newest_versions(&self, name: &str) -> Result<Vec<Listed>, SecretsError> {
-        let mut pager = self
-            .client
-            .list_secret_properties_versions(name, None)
-            .map_err(|e| backend(name, e))?;
+        let mut pager = self.client.list_secret_properties_versions(name, None).map_err(|e| backend(name, e))?;
         let now = OffsetDateTime::now_utc();
         let mut listed = Vec::new();
         while let Some(p) = pager.try_next().await.map_err(|e| backend(name, e))? {
@@ -89,11 +74,7 @@ impl KeyVaultSecrets {
             }
         }
         // Newest first; the version id breaks ties so the order is stable.
-        listed.sort_by(|a, b| {
-            b.created
-                .cmp(&a.created)
-                .then_with(|| b.version.cmp(&a.version))
-        });
+        listed.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.version.cmp(&a.version)));
         listed.truncate(MAX_VERSIONS);
         Ok(listed)
     }
@@ -107,34 +88,25 @@ impl KeyVaultSecrets {
                 Some(value) => value.clone(),
                 None => self.value_of(name, &v.version).await?,
             };
-            out.push(SecretVersion {
-                version: v.version,
-                value,
-                created: v.created,
-            });
+            out.push(SecretVersion { version: v.version, value, created: v.created });
         }
-        let now_known = out
-            .iter()
-            .map(|v| (v.version.clone(), v.value.clone()))
-            .collect();
+        let now_known = out.iter().map(|v| (v.version.clone(), v.value.clone())).collect();
         self.values.lock().insert(name.to_string(), now_known);
         Ok(out)
     }
 
     async fn value_of(&self, name: &str, version: &str) -> Result<SecretString, SecretsError> {
-        let options = SecretClientGetSecretOptions {
-            secret_version: Some(version.to_string()),
-            ..Default::default()
-        };
+        let options = SecretClientGetSecretOptions { secret_version: Some(version.to_string()), ..Default::default() };
         let secret = self
             .client
             .get_secret(name, Some(options))
             .await
             .and_then(|r| r.into_model())
             .map_err(|e| backend(name, e))?;
-        secret.value.map(SecretString::new).ok_or_else(|| {
-            SecretsError::Backend(format!("Key Vault secret {name}/{version} has no value"))
-        })
+        secret
+            .value
+            .map(SecretString::new)
+            .ok_or_else(|| SecretsError::Backend(format!("Key Vault secret {name}/{version} has no value")))
     }
 }
 
@@ -143,9 +115,7 @@ impl Secrets for KeyVaultSecrets {
     async fn versions(&self, name: &str) -> Result<Vec<SecretVersion>, SecretsError> {
         match tokio::time::timeout(READ_TIMEOUT, self.read(name)).await {
             Ok(r) => r,
-            Err(_) => Err(SecretsError::Backend(format!(
-                "Key Vault: reading {name} took longer than {READ_TIMEOUT:?}"
-            ))),
+            Err(_) => Err(SecretsError::Backend(format!("Key Vault: reading {name} took longer than {READ_TIMEOUT:?}"))),
         }
     }
 }
@@ -160,16 +130,11 @@ impl Listed {
     /// Enabled, inside its not-before/expiry window, with a version id and a creation time.
     fn usable(p: &SecretProperties, now: OffsetDateTime) -> Option<Listed> {
         let a = p.attributes.as_ref()?;
-        if a.enabled != Some(true)
-            || a.not_before.is_some_and(|t| t > now)
-            || a.expires.is_some_and(|t| t <= now)
-        {
+        if a.enabled != Some(true) || a.not_before.is_some_and(|t| t > now) || a.expires.is_some_and(|t| t <= now) {
             return None;
         }
         let version = p.resource_id().ok()?.version.filter(|v| !v.is_empty())?;
-        let created = a
-            .created
-            .and_then(|t| DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()))?;
+        let created = a.created.and_then(|t| DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()))?;
         Some(Listed { version, created })
     }
 }

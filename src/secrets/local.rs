@@ -1,8 +1,6 @@
 //! Secrets in a local JSON file (standalone default), created with random keys on first start
 //! and readable only by its owner (0600).
-use super::{
-    SecretString, SecretVersion, Secrets, SecretsError, JWT_SIGNING_KEY, WEBHOOK_HMAC_KEY,
-};
+use super::{SecretString, SecretVersion, Secrets, SecretsError, JWT_SIGNING_KEY, WEBHOOK_HMAC_KEY};
 use async_trait::async_trait;
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -40,16 +38,12 @@ impl LocalSecrets {
     /// Opens `<dir>/secrets.json`, creating it with fresh keys when absent.
     pub fn open(dir: &Path) -> Result<LocalSecrets, SecretsError> {
         std::fs::create_dir_all(dir).map_err(|e| SecretsError::Backend(e.to_string()))?;
-        let s = LocalSecrets {
-            path: dir.join("secrets.json"),
-            lock: Mutex::new(()),
-        };
+        let s = LocalSecrets { path: dir.join("secrets.json"), lock: Mutex::new(()) };
         let mut file = s.read()?;
         let mut changed = false;
         for name in [JWT_SIGNING_KEY, WEBHOOK_HMAC_KEY] {
             if file.secrets.get(name).is_none_or(|v| v.is_empty()) {
-                file.secrets
-                    .insert(name.into(), vec![new_version(random_key())]);
+                file.secrets.insert(name.into(), vec![new_version(random_key())]);
                 changed = true;
             }
         }
@@ -61,8 +55,7 @@ impl LocalSecrets {
 
     fn read(&self) -> Result<File, SecretsError> {
         match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| SecretsError::Backend(format!("{}: {e}", self.path.display()))),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| SecretsError::Backend(format!("{}: {e}", self.path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(File::default()),
             Err(e) => Err(SecretsError::Backend(e.to_string())),
         }
@@ -70,20 +63,15 @@ impl LocalSecrets {
 
     fn write(&self, f: &File) -> Result<(), SecretsError> {
         let tmp = self.path.with_extension("json.tmp");
-        let data =
-            serde_json::to_vec_pretty(f).map_err(|e| SecretsError::Backend(e.to_string()))?;
+        let data = serde_json::to_vec_pretty(f).map_err(|e| SecretsError::Backend(e.to_string()))?;
         {
             use std::io::Write;
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create(true).truncate(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut out = opts
-                .open(&tmp)
-                .map_err(|e| SecretsError::Backend(e.to_string()))?;
-            out.write_all(&data)
-                .and_then(|_| out.sync_all())
-                .map_err(|e| SecretsError::Backend(e.to_string()))?;
+            let mut out = opts.open(&tmp).map_err(|e| SecretsError::Backend(e.to_string()))?;
+            out.write_all(&data).and_then(|_| out.sync_all()).map_err(|e| SecretsError::Backend(e.to_string()))?;
         }
         std::fs::rename(&tmp, &self.path).map_err(|e| SecretsError::Backend(e.to_string()))
     }
@@ -99,12 +87,7 @@ impl LocalSecrets {
         Ok(id)
     }
 
-    pub fn set_enabled(
-        &self,
-        name: &str,
-        version: &str,
-        enabled: bool,
-    ) -> Result<(), SecretsError> {
+    pub fn set_enabled(&self, name: &str, version: &str, enabled: bool) -> Result<(), SecretsError> {
         let _g = self.lock.lock();
         let mut f = self.read()?;
         let found = f
@@ -118,40 +101,23 @@ impl LocalSecrets {
 
     /// A plain value kept beside the keys (e.g. the local development client's credentials).
     pub fn get_value(&self, name: &str) -> Result<Option<SecretString>, SecretsError> {
-        Ok(self
-            .read()?
-            .secrets
-            .get(name)
-            .and_then(|v| v.first())
-            .map(|v| SecretString::new(v.value.clone())))
+        Ok(self.read()?.secrets.get(name).and_then(|v| v.first()).map(|v| SecretString::new(v.value.clone())))
     }
 }
 
 fn new_version(value: String) -> Stored {
-    Stored {
-        version: ulid::Ulid::new().to_string().to_lowercase(),
-        value,
-        created: Utc::now(),
-        enabled: true,
-    }
+    Stored { version: ulid::Ulid::new().to_string().to_lowercase(), value, created: Utc::now(), enabled: true }
 }
 
 #[async_trait]
 impl Secrets for LocalSecrets {
     async fn versions(&self, name: &str) -> Result<Vec<SecretVersion>, SecretsError> {
         let f = self.read()?;
-        let vs = f
-            .secrets
-            .get(name)
-            .ok_or_else(|| SecretsError::NotFound(name.into()))?;
+        let vs = f.secrets.get(name).ok_or_else(|| SecretsError::NotFound(name.into()))?;
         Ok(vs
             .iter()
             .filter(|v| v.enabled)
-            .map(|v| SecretVersion {
-                version: v.version.clone(),
-                value: SecretString::new(v.value.clone()),
-                created: v.created,
-            })
+            .map(|v| SecretVersion { version: v.version.clone(), value: SecretString::new(v.value.clone()), created: v.created })
             .collect())
     }
 }

@@ -71,10 +71,7 @@ pub struct KeyRing {
 impl KeyRing {
     /// Loads the keys once; start-up fails if they cannot be read.
     pub async fn load(source: Arc<dyn Secrets>) -> Result<KeyRing, SecretsError> {
-        let ring = KeyRing {
-            inner: Arc::new(RwLock::new(Arc::new(Keys::default()))),
-            source,
-        };
+        let ring = KeyRing { inner: Arc::new(RwLock::new(Arc::new(Keys::default()))), source };
         ring.refresh().await?;
         Ok(ring)
     }

@@ -11,9 +11,7 @@ pub mod cosmos;
 pub mod sqlite;
 pub mod webhooks;
 
-pub use webhooks::{
-    AttemptResult, DeliveryStatus, WebhookDelivery, WebhookStore, WebhookSubscription,
-};
+pub use webhooks::{AttemptResult, DeliveryStatus, WebhookDelivery, WebhookStore, WebhookSubscription};
 pub mod sync;
 
 pub use sync::*;
@@ -26,10 +24,7 @@ pub enum StoreError {
     PreconditionFailed,
     /// A unique field (`email`, `externalId`, an idempotency key) is already taken.
     #[error("conflict on {field} with {existing_id}")]
-    Conflict {
-        field: &'static str,
-        existing_id: String,
-    },
+    Conflict { field: &'static str, existing_id: String },
     /// Transient: throttled or unreachable after retries. Maps to 503 with Retry-After.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -70,9 +65,7 @@ pub struct IdempotencyRecord {
 pub enum WriteKind {
     Insert,
     /// Only if the stored etag is still this one (optimistic concurrency).
-    Update {
-        expected_etag: String,
-    },
+    Update { expected_etag: String },
 }
 
 /// One customer change and everything that must be stored with it, atomically.
@@ -115,10 +108,7 @@ impl SortKey {
             SortField::CreatedAt => Value::from(c.created_at.timestamp_micros()),
             SortField::Name => Value::from(c.name_key()),
         };
-        SortKey {
-            value,
-            id: c.id.clone(),
-        }
+        SortKey { value, id: c.id.clone() }
     }
 }
 
@@ -161,15 +151,9 @@ impl SummaryPage {
         let items = page
             .items
             .iter()
-            .map(|c| {
-                serde_json::to_string(&c.summary()).map_err(|e| StoreError::Internal(e.to_string()))
-            })
+            .map(|c| serde_json::to_string(&c.summary()).map_err(|e| StoreError::Internal(e.to_string())))
             .collect::<StoreResult<Vec<_>>>()?;
-        Ok(SummaryPage {
-            items,
-            last: page.items.last().map(|c| SortKey::of(c, sort)),
-            total: page.total,
-        })
+        Ok(SummaryPage { items, last: page.items.last().map(|c| SortKey::of(c, sort)), total: page.total })
     }
 }
 
@@ -189,10 +173,7 @@ pub struct Client {
 #[async_trait]
 pub trait CustomerStore: Send + Sync {
     async fn get_customer(&self, id: &str) -> StoreResult<Option<Customer>>;
-    async fn find_customer_by_external_id(
-        &self,
-        external_id: &str,
-    ) -> StoreResult<Option<Customer>>;
+    async fn find_customer_by_external_id(&self, external_id: &str) -> StoreResult<Option<Customer>>;
     async fn list_customers(&self, q: &ListQuery) -> StoreResult<CustomerPage>;
     /// The same page as `list_customers`, as the list endpoint sends it. A store that keeps the
     /// rendered summary beside each customer answers without decoding whole documents.
@@ -204,17 +185,9 @@ pub trait CustomerStore: Send + Sync {
     async fn write_customer(&self, w: CustomerWrite) -> StoreResult<String>;
     async fn stage_history(&self, customer_id: &str) -> StoreResult<Vec<StageChange>>;
     /// A record younger than 24 h, if any.
-    async fn get_idempotency(
-        &self,
-        scope: &str,
-        key: &str,
-    ) -> StoreResult<Option<IdempotencyRecord>>;
+    async fn get_idempotency(&self, scope: &str, key: &str) -> StoreResult<Option<IdempotencyRecord>>;
     /// Events written with customer changes, oldest first (for the dispatcher and tests).
-    async fn outbox_events(
-        &self,
-        after_id: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Vec<OutboxEvent>>;
+    async fn outbox_events(&self, after_id: Option<&str>, limit: u32) -> StoreResult<Vec<OutboxEvent>>;
 }
 
 #[async_trait]
@@ -229,11 +202,7 @@ pub trait ClientStore: Send + Sync {
 #[async_trait]
 pub trait InsightStore: Send + Sync {
     /// Summed rollup values per (day, metric) for days in [from, to].
-    async fn rollups(
-        &self,
-        from: NaiveDate,
-        to: NaiveDate,
-    ) -> StoreResult<Vec<(NaiveDate, Metric, i64)>>;
+    async fn rollups(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<(NaiveDate, Metric, i64)>>;
 }
 
 #[async_trait]
@@ -245,12 +214,5 @@ pub trait Health: Send + Sync {
 }
 
 /// Everything the service needs from storage.
-pub trait Store:
-    CustomerStore + ClientStore + InsightStore + WebhookStore + SyncStore + Health + 'static
-{
-}
-impl<
-        T: CustomerStore + ClientStore + InsightStore + WebhookStore + SyncStore + Health + 'static,
-    > Store for T
-{
-}
+pub trait Store: CustomerStore + ClientStore + InsightStore + WebhookStore + SyncStore + Health + 'static {}
+impl<T: CustomerStore + ClientStore + InsightStore + WebhookStore + SyncStore + Health + 'static> Store for T {}

@@ -113,18 +113,11 @@ pub struct SyncJob {
 }
 
 fn ts(t: &Option<DateTime<Utc>>) -> Value {
-    t.map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true)))
-        .unwrap_or(Value::Null)
+    t.map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true))).unwrap_or(Value::Null)
 }
 
 impl SyncJob {
-    pub fn new(
-        id: String,
-        entity: SyncEntity,
-        mode: SyncMode,
-        since: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> SyncJob {
+    pub fn new(id: String, entity: SyncEntity, mode: SyncMode, since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> SyncJob {
         SyncJob {
             id,
             entity,
@@ -290,11 +283,7 @@ pub struct OpportunityQuery {
 pub trait SyncStore: Send + Sync {
     /// Stores a new queued job, with the idempotency record of the request that made it.
     /// Conflict { field: "idempotencyKey" } when the key was taken meanwhile.
-    async fn insert_sync_job(
-        &self,
-        job: &SyncJob,
-        idempotency: Option<IdempotencyRecord>,
-    ) -> StoreResult<()>;
+    async fn insert_sync_job(&self, job: &SyncJob, idempotency: Option<IdempotencyRecord>) -> StoreResult<()>;
     async fn get_sync_job(&self, id: &str) -> StoreResult<Option<SyncJob>>;
     /// Newest first, with the total count.
     async fn list_sync_jobs(&self, offset: u64, limit: u32) -> StoreResult<(Vec<SyncJob>, u64)>;
@@ -304,42 +293,20 @@ pub trait SyncStore: Send + Sync {
     /// an expired lease or a lease held by `owner`, and no other job of its entity is running
     /// under a live lease; an opportunities job also waits while an older customers job is
     /// queued or running. Marks it running (startedAt on the first claim).
-    async fn claim_sync_job(
-        &self,
-        id: &str,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Claim>;
+    async fn claim_sync_job(&self, id: &str, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> StoreResult<Claim>;
     /// Saves the job while `owner` holds its lease: renews the lease to `lease_until`, or
     /// releases it (None, or a finished job). A completed job moves its entity's watermark to
     /// `high_water` in the same write. PreconditionFailed when the lease was lost.
-    async fn save_sync_job(
-        &self,
-        job: &SyncJob,
-        owner: &str,
-        lease_until: Option<DateTime<Utc>>,
-    ) -> StoreResult<()>;
+    async fn save_sync_job(&self, job: &SyncJob, owner: &str, lease_until: Option<DateTime<Utc>>) -> StoreResult<()>;
     /// Marks an unfinished job failed whoever holds it (the last delivery gives up).
-    async fn fail_sync_job(
-        &self,
-        id: &str,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<SyncJob>>;
+    async fn fail_sync_job(&self, id: &str, reason: &str, now: DateTime<Utc>) -> StoreResult<Option<SyncJob>>;
     /// The `updatedAt` up to which the entity is known to be in sync.
     async fn sync_watermark(&self, entity: SyncEntity) -> StoreResult<Option<DateTime<Utc>>>;
 
-    async fn find_opportunity_by_external_id(
-        &self,
-        external_id: &str,
-    ) -> StoreResult<Option<Opportunity>>;
+    async fn find_opportunity_by_external_id(&self, external_id: &str) -> StoreResult<Option<Opportunity>>;
     /// Upserts the opportunity (by externalId) and applies its customer write, atomically.
     async fn write_opportunity(&self, w: OpportunityWrite) -> StoreResult<()>;
-    async fn list_opportunities(
-        &self,
-        q: &OpportunityQuery,
-    ) -> StoreResult<(Vec<Opportunity>, u64)>;
+    async fn list_opportunities(&self, q: &OpportunityQuery) -> StoreResult<(Vec<Opportunity>, u64)>;
 }
 
 /// The behaviour every `SyncStore` adapter must show; run by each adapter's tests.
@@ -350,13 +317,7 @@ pub mod conformance {
     use chrono::Duration;
 
     fn job(entity: SyncEntity) -> SyncJob {
-        SyncJob::new(
-            crate::ids::new_id("sync"),
-            entity,
-            SyncMode::Full,
-            None,
-            Utc::now(),
-        )
+        SyncJob::new(crate::ids::new_id("sync"), entity, SyncMode::Full, None, Utc::now())
     }
 
     /// Stores round-trip timestamps at microsecond precision.
@@ -374,119 +335,44 @@ pub mod conformance {
             store.insert_sync_job(j, None).await.unwrap();
         }
         assert_eq!(store.get_sync_job(&a.id).await.unwrap().as_ref(), Some(&a));
-        let Claim::Claimed(mut held) = store.claim_sync_job(&a.id, "w1", now, lease).await.unwrap()
-        else {
-            panic!("claim")
-        };
+        let Claim::Claimed(mut held) = store.claim_sync_job(&a.id, "w1", now, lease).await.unwrap() else { panic!("claim") };
         assert_eq!(held.status, JobStatus::Running);
-        assert!(matches!(
-            store.claim_sync_job(&a.id, "w2", now, lease).await.unwrap(),
-            Claim::Busy(_)
-        ));
-        assert!(matches!(
-            store.claim_sync_job(&b.id, "w2", now, lease).await.unwrap(),
-            Claim::Busy(_)
-        ));
-        assert!(matches!(
-            store
-                .claim_sync_job(&other.id, "w2", now, lease)
-                .await
-                .unwrap(),
-            Claim::Claimed(_)
-        ));
+        assert!(matches!(store.claim_sync_job(&a.id, "w2", now, lease).await.unwrap(), Claim::Busy(_)));
+        assert!(matches!(store.claim_sync_job(&b.id, "w2", now, lease).await.unwrap(), Claim::Busy(_)));
+        assert!(matches!(store.claim_sync_job(&other.id, "w2", now, lease).await.unwrap(), Claim::Claimed(_)));
         // Opportunities queued after customers wait for them.
-        assert!(matches!(
-            store
-                .claim_sync_job(&after.id, "w5", now, lease)
-                .await
-                .unwrap(),
-            Claim::Busy(_)
-        ));
-        assert_eq!(
-            store
-                .claim_sync_job("sync_01HZ7G0000000000000000000Z", "w1", now, lease)
-                .await
-                .unwrap(),
-            Claim::NotFound
-        );
+        assert!(matches!(store.claim_sync_job(&after.id, "w5", now, lease).await.unwrap(), Claim::Busy(_)));
+        assert_eq!(store.claim_sync_job("sync_01HZ7G0000000000000000000Z", "w1", now, lease).await.unwrap(), Claim::NotFound);
 
         // The lease expires: another worker takes the job over, and the first one's saves fail.
         let later = now + Duration::seconds(61);
-        assert!(matches!(
-            store
-                .claim_sync_job(&a.id, "w3", later, later + Duration::seconds(60))
-                .await
-                .unwrap(),
-            Claim::Claimed(_)
-        ));
+        assert!(matches!(store.claim_sync_job(&a.id, "w3", later, later + Duration::seconds(60)).await.unwrap(), Claim::Claimed(_)));
         held.processed = 7;
-        assert_eq!(
-            store.save_sync_job(&held, "w1", Some(lease)).await,
-            Err(StoreError::PreconditionFailed)
-        );
+        assert_eq!(store.save_sync_job(&held, "w1", Some(lease)).await, Err(StoreError::PreconditionFailed));
 
         let mut done = held.clone();
         done.status = JobStatus::Completed;
         done.high_water = Some(now - Duration::days(1));
         store.save_sync_job(&done, "w3", None).await.unwrap();
-        assert_eq!(
-            store.sync_watermark(SyncEntity::Customers).await.unwrap(),
-            done.high_water.map(micros)
-        );
-        assert!(matches!(
-            store
-                .claim_sync_job(&a.id, "w4", later, later)
-                .await
-                .unwrap(),
-            Claim::Finished(_)
-        ));
+        assert_eq!(store.sync_watermark(SyncEntity::Customers).await.unwrap(), done.high_water.map(micros));
+        assert!(matches!(store.claim_sync_job(&a.id, "w4", later, later).await.unwrap(), Claim::Finished(_)));
         // A failed job leaves the watermark alone.
-        let Claim::Claimed(mut fb) = store
-            .claim_sync_job(&b.id, "w4", later, later + Duration::seconds(60))
-            .await
-            .unwrap()
-        else {
+        let Claim::Claimed(mut fb) = store.claim_sync_job(&b.id, "w4", later, later + Duration::seconds(60)).await.unwrap() else {
             panic!("claim b")
         };
         fb.status = JobStatus::Failed;
         fb.high_water = Some(now);
         store.save_sync_job(&fb, "w4", None).await.unwrap();
-        assert_eq!(
-            store.sync_watermark(SyncEntity::Customers).await.unwrap(),
-            done.high_water.map(micros)
-        );
-        let unfinished: Vec<String> = store
-            .unfinished_sync_jobs()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|j| j.id)
-            .collect();
+        assert_eq!(store.sync_watermark(SyncEntity::Customers).await.unwrap(), done.high_water.map(micros));
+        let unfinished: Vec<String> = store.unfinished_sync_jobs().await.unwrap().into_iter().map(|j| j.id).collect();
         assert_eq!(unfinished, [other.id.clone(), after.id.clone()]);
-        assert!(matches!(
-            store
-                .claim_sync_job(&after.id, "w5", later, later + Duration::seconds(60))
-                .await
-                .unwrap(),
-            Claim::Claimed(_)
-        ));
-        let failed = store
-            .fail_sync_job(&other.id, "gave up", later)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (failed.status, failed.reason.as_deref()),
-            (JobStatus::Failed, Some("gave up"))
-        );
+        assert!(matches!(store.claim_sync_job(&after.id, "w5", later, later + Duration::seconds(60)).await.unwrap(), Claim::Claimed(_)));
+        let failed = store.fail_sync_job(&other.id, "gave up", later).await.unwrap().unwrap();
+        assert_eq!((failed.status, failed.reason.as_deref()), (JobStatus::Failed, Some("gave up")));
 
         let (page, total) = store.list_sync_jobs(0, 2).await.unwrap();
         assert_eq!(total, 4);
-        assert_eq!(
-            page.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
-            [after.id.clone(), b.id.clone()],
-            "newest first"
-        );
+        assert_eq!(page.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), [after.id.clone(), b.id.clone()], "newest first");
     }
 
     pub async fn opportunities(store: &dyn Store) {
@@ -505,45 +391,16 @@ pub mod conformance {
             updated_at: micros(t),
         };
         for (e, c) in [("o-1", "C-1"), ("o-2", "c-2"), ("o-3", "c-1")] {
-            store
-                .write_opportunity(OpportunityWrite {
-                    opportunity: opp(e, c),
-                    customer: None,
-                })
-                .await
-                .unwrap();
+            store.write_opportunity(OpportunityWrite { opportunity: opp(e, c), customer: None }).await.unwrap();
         }
-        let mut won = store
-            .find_opportunity_by_external_id("O-1")
-            .await
-            .unwrap()
-            .unwrap();
+        let mut won = store.find_opportunity_by_external_id("O-1").await.unwrap().unwrap();
         won.stage = OpportunityStage::Won;
-        store
-            .write_opportunity(OpportunityWrite {
-                opportunity: won.clone(),
-                customer: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            store.find_opportunity_by_external_id("o-1").await.unwrap(),
-            Some(won)
-        );
-        let q = |c: Option<&str>| OpportunityQuery {
-            customer_external_id: c.map(str::to_string),
-            offset: 0,
-            limit: 10,
-        };
+        store.write_opportunity(OpportunityWrite { opportunity: won.clone(), customer: None }).await.unwrap();
+        assert_eq!(store.find_opportunity_by_external_id("o-1").await.unwrap(), Some(won));
+        let q = |c: Option<&str>| OpportunityQuery { customer_external_id: c.map(str::to_string), offset: 0, limit: 10 };
         let (items, total) = store.list_opportunities(&q(Some("c-1"))).await.unwrap();
         assert_eq!(total, 2);
-        assert_eq!(
-            items
-                .iter()
-                .map(|o| o.external_id.as_str())
-                .collect::<Vec<_>>(),
-            ["o-3", "o-1"]
-        );
+        assert_eq!(items.iter().map(|o| o.external_id.as_str()).collect::<Vec<_>>(), ["o-3", "o-1"]);
         assert_eq!(store.list_opportunities(&q(None)).await.unwrap().1, 3);
     }
 }
@@ -554,27 +411,14 @@ mod tests {
 
     #[test]
     fn a_job_keeps_100_item_errors_and_counts_the_rest() {
-        let mut job = SyncJob::new(
-            "sync_x".into(),
-            SyncEntity::Customers,
-            SyncMode::Full,
-            None,
-            Utc::now(),
-        );
+        let mut job = SyncJob::new("sync_x".into(), SyncEntity::Customers, SyncMode::Full, None, Utc::now());
         for i in 0..130 {
-            job.push_error(SyncItemError {
-                external_id: Some(format!("e{i}")),
-                code: "VALIDATION_ERROR".into(),
-                message: "bad".into(),
-            });
+            job.push_error(SyncItemError { external_id: Some(format!("e{i}")), code: "VALIDATION_ERROR".into(), message: "bad".into() });
         }
         let api = job.to_api();
         assert_eq!(api["errors"].as_array().unwrap().len(), MAX_JOB_ERRORS);
         assert_eq!(api["errors"][99]["externalId"], "e99");
         assert_eq!(api["errorsNotShown"], 30);
-        assert!(
-            api.get("cursor").is_none() && api.get("highWater").is_none(),
-            "internal fields stay inside"
-        );
+        assert!(api.get("cursor").is_none() && api.get("highWater").is_none(), "internal fields stay inside");
     }
 }

@@ -101,8 +101,7 @@ pub trait WebhookStore: Send + Sync {
     /// Stores the deliveries, skipping any (subscription, event) pair that already has one, and
     /// records `events` (a batch from `events_to_fan_out`) as fanned out, all in one write.
     /// Safe to repeat and to run on two instances at once.
-    async fn fan_out(&self, deliveries: Vec<WebhookDelivery>, events: &[String])
-        -> StoreResult<()>;
+    async fn fan_out(&self, deliveries: Vec<WebhookDelivery>, events: &[String]) -> StoreResult<()>;
 
     /// Atomically leases up to `limit` pending deliveries due at `now` whose lease is free or
     /// expired, to `owner` until `lease_until`; returns them.
@@ -114,30 +113,12 @@ pub trait WebhookStore: Send + Sync {
         limit: u32,
     ) -> StoreResult<Vec<WebhookDelivery>>;
     /// Records an attempt and frees the lease, only if `owner` still holds it (false otherwise).
-    async fn record_attempt(
-        &self,
-        delivery_id: &str,
-        owner: &str,
-        r: &AttemptResult,
-    ) -> StoreResult<bool>;
+    async fn record_attempt(&self, delivery_id: &str, owner: &str, r: &AttemptResult) -> StoreResult<bool>;
 
     /// The subscription's deliveries, newest first.
-    async fn list_deliveries(
-        &self,
-        subscription_id: &str,
-        limit: u32,
-    ) -> StoreResult<Vec<WebhookDelivery>>;
-    async fn get_delivery(
-        &self,
-        subscription_id: &str,
-        delivery_id: &str,
-    ) -> StoreResult<Option<WebhookDelivery>>;
+    async fn list_deliveries(&self, subscription_id: &str, limit: u32) -> StoreResult<Vec<WebhookDelivery>>;
+    async fn get_delivery(&self, subscription_id: &str, delivery_id: &str) -> StoreResult<Option<WebhookDelivery>>;
     /// Makes the delivery pending and due at `now` with a fresh backoff schedule, dropping any
     /// lease. NotFound if the delivery is not the subscription's.
-    async fn redeliver(
-        &self,
-        subscription_id: &str,
-        delivery_id: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<WebhookDelivery>;
+    async fn redeliver(&self, subscription_id: &str, delivery_id: &str, now: DateTime<Utc>) -> StoreResult<WebhookDelivery>;
 }

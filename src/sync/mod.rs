@@ -49,11 +49,7 @@ fn lease_until(app: &App) -> DateTime<Utc> {
 
 /// Saves progress and renews the lease.
 async fn checkpoint(app: &App, job: &SyncJob, owner: &str) -> Result<(), RunError> {
-    match app
-        .store
-        .save_sync_job(job, owner, Some(lease_until(app)))
-        .await
-    {
+    match app.store.save_sync_job(job, owner, Some(lease_until(app))).await {
         Ok(()) => Ok(()),
         Err(StoreError::PreconditionFailed) => Err(RunError::LeaseLost),
         Err(e) => Err(e.into()),
@@ -65,11 +61,7 @@ async fn checkpoint(app: &App, job: &SyncJob, owner: &str) -> Result<(), RunErro
 /// the caller decides whether it fails for good or is retried.
 pub async fn run_job(app: &App, id: &str, owner: &str) -> Result<SyncJob, RunError> {
     let now = app.clock.now();
-    let mut job = match app
-        .store
-        .claim_sync_job(id, owner, now, lease_until(app))
-        .await?
-    {
+    let mut job = match app.store.claim_sync_job(id, owner, now, lease_until(app)).await? {
         Claim::Claimed(j) => j,
         Claim::Finished(j) => return Ok(j),
         Claim::Busy(why) => return Err(RunError::Busy(why)),
@@ -97,9 +89,7 @@ pub async fn run_job(app: &App, id: &str, owner: &str) -> Result<SyncJob, RunErr
 }
 
 async fn work(app: &App, job: &mut SyncJob, owner: &str) -> Result<(), RunError> {
-    let connector = connector::open(&app.config, app.keys.source())
-        .await
-        .map_err(RunError::Failed)?;
+    let connector = connector::open(&app.config, app.keys.source()).await.map_err(RunError::Failed)?;
     loop {
         let page = fetch(app, connector.as_ref(), job, owner).await?;
         for item in &page.items {
@@ -107,11 +97,7 @@ async fn work(app: &App, job: &mut SyncJob, owner: &str) -> Result<(), RunError>
             let value = match item {
                 Ok(v) => v,
                 Err(why) => {
-                    job.push_error(crate::store::SyncItemError {
-                        external_id: None,
-                        code: "MALFORMED_ITEM".into(),
-                        message: why.clone(),
-                    });
+                    job.push_error(crate::store::SyncItemError { external_id: None, code: "MALFORMED_ITEM".into(), message: why.clone() });
                     continue;
                 }
             };
@@ -133,9 +119,7 @@ async fn work(app: &App, job: &mut SyncJob, owner: &str) -> Result<(), RunError>
             }
         }
         if page.next_cursor.is_some() && page.next_cursor == job.cursor {
-            return Err(RunError::Failed(
-                "the connector returned the same cursor again".into(),
-            ));
+            return Err(RunError::Failed("the connector returned the same cursor again".into()));
         }
         job.cursor = page.next_cursor;
         job.pages += 1;
@@ -148,19 +132,12 @@ async fn work(app: &App, job: &mut SyncJob, owner: &str) -> Result<(), RunError>
 
 /// The wait before retry `n` (1-based): base · 2ⁿ⁻¹, capped, times a random factor in [0.5, 1.5).
 pub fn backoff(base: Duration, n: u32) -> Duration {
-    let exp = base
-        .saturating_mul(2u32.saturating_pow(n.saturating_sub(1)))
-        .min(MAX_BACKOFF);
+    let exp = base.saturating_mul(2u32.saturating_pow(n.saturating_sub(1))).min(MAX_BACKOFF);
     exp.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
 }
 
 /// One page, retried with exponential backoff and jitter on retryable failures.
-async fn fetch(
-    app: &App,
-    connector: &dyn Connector,
-    job: &SyncJob,
-    owner: &str,
-) -> Result<connector::Page, RunError> {
+async fn fetch(app: &App, connector: &dyn Connector, job: &SyncJob, owner: &str) -> Result<connector::Page, RunError> {
     let attempts = app.config.connector_max_attempts;
     let mut last = String::new();
     for n in 1..=attempts {
@@ -168,10 +145,7 @@ async fn fetch(
             tokio::time::sleep(backoff(app.config.connector_retry_base, n - 1)).await;
             checkpoint(app, job, owner).await?;
         }
-        match connector
-            .fetch(job.entity, job.since, job.cursor.as_deref(), PAGE_SIZE)
-            .await
-        {
+        match connector.fetch(job.entity, job.since, job.cursor.as_deref(), PAGE_SIZE).await {
             Ok(p) => return Ok(p),
             Err(FetchError::Fatal(why)) => return Err(RunError::Failed(why)),
             Err(FetchError::Retryable(why)) => {
@@ -180,25 +154,16 @@ async fn fetch(
             }
         }
     }
-    Err(RunError::Failed(format!(
-        "gave up after {attempts} attempts: {last}"
-    )))
+    Err(RunError::Failed(format!("gave up after {attempts} attempts: {last}")))
 }
 
 /// Stores a new queued job and hands it to the queue. If the queue refuses it, the job is
 /// marked failed (so it is not left queued forever) and the error returned.
-pub async fn queue_job(
-    app: &App,
-    job: SyncJob,
-    idempotency: Option<crate::store::IdempotencyRecord>,
-) -> Result<SyncJob, StoreError> {
+pub async fn queue_job(app: &App, job: SyncJob, idempotency: Option<crate::store::IdempotencyRecord>) -> Result<SyncJob, StoreError> {
     app.store.insert_sync_job(&job, idempotency).await?;
     if let Err(e) = app.queue.enqueue(&job.id).await {
         let reason = format!("could not be queued: {e}");
-        let _ = app
-            .store
-            .fail_sync_job(&job.id, &reason, app.clock.now())
-            .await;
+        let _ = app.store.fail_sync_job(&job.id, &reason, app.clock.now()).await;
         return Err(StoreError::Unavailable(reason));
     }
     Ok(job)
@@ -214,13 +179,7 @@ pub async fn queue_incremental(app: &App) -> Result<Vec<SyncJob>, crate::error::
             continue;
         }
         let since = app.store.sync_watermark(entity).await?;
-        let job = SyncJob::new(
-            crate::ids::new_id("sync"),
-            entity,
-            SyncMode::Incremental,
-            since,
-            app.clock.now(),
-        );
+        let job = SyncJob::new(crate::ids::new_id("sync"), entity, SyncMode::Incremental, since, app.clock.now());
         queued.push(queue_job(app, job, None).await?);
     }
     Ok(queued)
@@ -240,9 +199,7 @@ pub fn start(app: Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
                 tick.tick().await;
                 match queue_incremental(&app).await {
                     Ok(jobs) => tracing::info!(jobs = jobs.len(), "incremental sync queued"),
-                    Err(e) => {
-                        tracing::warn!(error = ?e.cause, "incremental sync could not be queued")
-                    }
+                    Err(e) => tracing::warn!(error = ?e.cause, "incremental sync could not be queued"),
                 }
             }
         }));
@@ -259,15 +216,9 @@ mod tests {
         let base = Duration::from_millis(100);
         for _ in 0..50 {
             let first = backoff(base, 1);
-            assert!(
-                first >= Duration::from_millis(50) && first < Duration::from_millis(150),
-                "{first:?}"
-            );
+            assert!(first >= Duration::from_millis(50) && first < Duration::from_millis(150), "{first:?}");
             let fourth = backoff(base, 4);
-            assert!(
-                fourth >= Duration::from_millis(400) && fourth < Duration::from_millis(1200),
-                "{fourth:?}"
-            );
+            assert!(fourth >= Duration::from_millis(400) && fourth < Duration::from_millis(1200), "{fourth:?}");
             assert!(backoff(base, 30) < MAX_BACKOFF.mul_f64(1.5));
         }
     }

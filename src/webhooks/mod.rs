@@ -3,9 +3,7 @@
 //! `WebhookDelivery` per subscription and event, idempotently) and sends due deliveries, each
 //! claimed with a lease so two instances never send the same attempt. At-least-once: receivers
 //! dedupe on the event id.
-use crate::store::{
-    AttemptResult, DeliveryStatus, StoreResult, WebhookDelivery, WebhookSubscription,
-};
+use crate::store::{AttemptResult, DeliveryStatus, StoreResult, WebhookDelivery, WebhookSubscription};
 use crate::App;
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
@@ -17,12 +15,7 @@ pub mod signature;
 pub mod target;
 
 /// The events a subscription may ask for.
-pub const EVENT_TYPES: &[&str] = &[
-    "customer.created",
-    "customer.updated",
-    "sync.completed",
-    "sync.failed",
-];
+pub const EVENT_TYPES: &[&str] = &["customer.created", "customer.updated", "sync.completed", "sync.failed"];
 
 /// Waits after the 1st, 2nd, ... failed attempt; after the last one the delivery is failed.
 pub const BACKOFF_MINUTES: &[i64] = &[1, 5, 30, 120, 360, 720];
@@ -50,28 +43,18 @@ pub struct DispatchReport {
 pub fn backoff(failures: u32) -> Option<Duration> {
     let minutes = *BACKOFF_MINUTES.get((failures as usize).checked_sub(1)?)?;
     let factor = rand::thread_rng().gen_range(0.9..1.1);
-    Some(Duration::milliseconds(
-        (minutes as f64 * 60_000.0 * factor) as i64,
-    ))
+    Some(Duration::milliseconds((minutes as f64 * 60_000.0 * factor) as i64))
 }
 
 /// The secrets a receiver of this subscription may verify with, newest first (one per key version
 /// in use: two while the webhook key is being rotated).
 pub fn subscription_secrets(app: &App, subscription_id: &str) -> Vec<[u8; 32]> {
-    app.keys
-        .current()
-        .webhook
-        .iter()
-        .map(|k| signature::subscription_secret(k, subscription_id))
-        .collect()
+    app.keys.current().webhook.iter().map(|k| signature::subscription_secret(k, subscription_id)).collect()
 }
 
 /// One pass: fan out new outbox events, then send what is due.
 pub async fn dispatch_once(app: &App) -> StoreResult<DispatchReport> {
-    let mut report = DispatchReport {
-        fanned_out: fan_out(app).await?,
-        ..Default::default()
-    };
+    let mut report = DispatchReport { fanned_out: fan_out(app).await?, ..Default::default() };
     send_due(app, &mut report).await?;
     Ok(report)
 }
@@ -92,11 +75,7 @@ async fn fan_out(app: &App) -> StoreResult<usize> {
         let now = app.clock.now();
         let mut deliveries = Vec::new();
         for e in &events {
-            for s in subs
-                .iter()
-                .flatten()
-                .filter(|s| s.wants(&e.event_type) && s.created_at <= e.timestamp)
-            {
+            for s in subs.iter().flatten().filter(|s| s.wants(&e.event_type) && s.created_at <= e.timestamp) {
                 deliveries.push(WebhookDelivery {
                     id: crate::ids::new_id("whd"),
                     subscription_id: s.id.clone(),
@@ -130,19 +109,12 @@ async fn send_due(app: &App, report: &mut DispatchReport) -> StoreResult<()> {
     let started = std::time::Instant::now();
     while started.elapsed() < PASS_BUDGET {
         let now = app.clock.now();
-        let claimed = app
-            .store
-            .claim_due_deliveries(now, now + LEASE, &owner, CLAIM_BATCH)
-            .await?;
+        let claimed = app.store.claim_due_deliveries(now, now + LEASE, &owner, CLAIM_BATCH).await?;
         let n = claimed.len();
         let mut jobs = Vec::with_capacity(n);
         for d in claimed {
             if !subs.contains_key(&d.subscription_id) {
-                let s = app
-                    .store
-                    .get_subscription(&d.subscription_id)
-                    .await?
-                    .map(Arc::new);
+                let s = app.store.get_subscription(&d.subscription_id).await?.map(Arc::new);
                 subs.insert(d.subscription_id.clone(), s);
             }
             // A subscription deleted meanwhile took its deliveries with it.
@@ -196,28 +168,15 @@ async fn attempt(app: &App, s: &WebhookSubscription, d: &WebhookDelivery) -> Att
     if !ok {
         tracing::warn!(delivery = %d.id, webhook = %s.id, event = %d.event_id, status_code, error = error.as_deref().unwrap_or(""), next = ?next_attempt_at, "webhook attempt failed");
     }
-    AttemptResult {
-        at,
-        status_code,
-        error,
-        status,
-        next_attempt_at,
-    }
+    AttemptResult { at, status_code, error, status, next_attempt_at }
 }
 
-async fn send(
-    app: &App,
-    s: &WebhookSubscription,
-    d: &WebhookDelivery,
-    at: DateTime<Utc>,
-) -> Result<u16, String> {
+async fn send(app: &App, s: &WebhookSubscription, d: &WebhookDelivery, at: DateTime<Utc>) -> Result<u16, String> {
     let allow_loopback = app.config.webhook_allow_loopback;
     // Checked again now: the URL's host may point elsewhere than when it was subscribed. Names
     // are checked by the client's resolver on the addresses it connects to; literals here.
     let url = url::Url::parse(&s.url).map_err(|_| "the URL no longer parses".to_string())?;
-    target::check_url(url.as_str(), allow_loopback)
-        .await
-        .map_err(|e| format!("refused: {e}"))?;
+    target::check_url(url.as_str(), allow_loopback).await.map_err(|e| format!("refused: {e}"))?;
     let secrets = subscription_secrets(app, &s.id);
     if secrets.is_empty() {
         return Err("no webhook signing key is available".into());
@@ -234,10 +193,7 @@ async fn send(
     }
     match req.body(body).send().await {
         Ok(resp) => Ok(resp.status().as_u16()),
-        Err(e) if e.is_timeout() => Err(format!(
-            "timed out after {} ms",
-            app.config.webhook_timeout.as_millis()
-        )),
+        Err(e) if e.is_timeout() => Err(format!("timed out after {} ms", app.config.webhook_timeout.as_millis())),
         Err(e) if e.is_connect() => Err("could not connect".into()),
         Err(e) => Err(format!("request failed: {}", e.without_url())),
     }
@@ -268,8 +224,5 @@ pub async fn invoke_dispatch(app: &App) -> crate::error::Result<crate::api::Resp
         "webhooks: {} deliveries made, {} attempted, {} delivered, {} retrying, {} failed",
         r.fanned_out, r.attempted, r.delivered, r.retrying, r.failed
     );
-    Ok(crate::functions::invocation_response(
-        vec![log],
-        serde_json::to_value(&r).unwrap_or_default(),
-    ))
+    Ok(crate::functions::invocation_response(vec![log], serde_json::to_value(&r).unwrap_or_default()))
 }

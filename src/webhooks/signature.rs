@@ -26,10 +26,7 @@ pub fn subscription_secret(key: &SecretVersion, subscription_id: &str) -> [u8; 3
         Ok(b) if b.len() >= 16 => b,
         _ => raw.as_bytes().to_vec(),
     };
-    hmac(
-        &key_bytes,
-        &[b"customer360 webhook secret:", subscription_id.as_bytes()],
-    )
+    hmac(&key_bytes, &[b"customer360 webhook secret:", subscription_id.as_bytes()])
 }
 
 /// The secret as receivers configure it (Standard Webhooks form).
@@ -49,46 +46,24 @@ pub fn x_signature(secrets: &[[u8; 32]], timestamp: i64, body: &[u8]) -> String 
 }
 
 /// `webhook-signature`: space-separated `v1,<base64 HMAC-SHA256 of "{id}.{t}.{body}">`.
-pub fn standard_signature(
-    secrets: &[impl AsRef<[u8]>],
-    msg_id: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> String {
+pub fn standard_signature(secrets: &[impl AsRef<[u8]>], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     let t = timestamp.to_string();
     secrets
         .iter()
-        .map(|s| {
-            format!(
-                "v1,{}",
-                B64.encode(hmac(
-                    s.as_ref(),
-                    &[msg_id.as_bytes(), b".", t.as_bytes(), b".", body]
-                ))
-            )
-        })
+        .map(|s| format!("v1,{}", B64.encode(hmac(s.as_ref(), &[msg_id.as_bytes(), b".", t.as_bytes(), b".", body]))))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
 /// Every header that identifies and signs one attempt.
-pub fn headers(
-    secrets: &[[u8; 32]],
-    event_id: &str,
-    event_type: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> Vec<(&'static str, String)> {
+pub fn headers(secrets: &[[u8; 32]], event_id: &str, event_type: &str, timestamp: i64, body: &[u8]) -> Vec<(&'static str, String)> {
     vec![
         ("x-event-id", event_id.to_string()),
         ("x-event-type", event_type.to_string()),
         ("x-signature", x_signature(secrets, timestamp, body)),
         ("webhook-id", event_id.to_string()),
         ("webhook-timestamp", timestamp.to_string()),
-        (
-            "webhook-signature",
-            standard_signature(secrets, event_id, timestamp, body),
-        ),
+        ("webhook-signature", standard_signature(secrets, event_id, timestamp, body)),
     ]
 }
 
@@ -116,29 +91,16 @@ mod tests {
         let two = x_signature(&[a, b], 10, b"{}");
         assert!(two.starts_with(&one));
         assert_eq!(two.matches(",v1=").count(), 2);
-        assert_eq!(
-            one,
-            format!("t=10,v1={}", hex::encode(hmac(&a, &[b"10.{}"])))
-        );
+        assert_eq!(one, format!("t=10,v1={}", hex::encode(hmac(&a, &[b"10.{}"]))));
     }
 
     #[test]
     fn secrets_differ_per_subscription_and_key_version() {
-        let v = |val: &str| SecretVersion {
-            version: "1".into(),
-            value: SecretString::new(val),
-            created: chrono::Utc::now(),
-        };
+        let v = |val: &str| SecretVersion { version: "1".into(), value: SecretString::new(val), created: chrono::Utc::now() };
         let k1 = v("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
         let k2 = v("BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=");
-        assert_ne!(
-            subscription_secret(&k1, "whk_a"),
-            subscription_secret(&k1, "whk_b")
-        );
-        assert_ne!(
-            subscription_secret(&k1, "whk_a"),
-            subscription_secret(&k2, "whk_a")
-        );
+        assert_ne!(subscription_secret(&k1, "whk_a"), subscription_secret(&k1, "whk_b"));
+        assert_ne!(subscription_secret(&k1, "whk_a"), subscription_secret(&k2, "whk_a"));
         assert!(whsec(&subscription_secret(&k1, "whk_a")).starts_with("whsec_"));
     }
 }

@@ -37,18 +37,8 @@ fn v6_class(ip: Ipv6Addr) -> Option<&'static str> {
         // ::a.b.c.d (deprecated IPv4-compatible)
         0 if s[1..6].iter().all(|&x| x == 0) => Some("reserved"),
         // NAT64 64:ff9b::/96 and 6to4 2002::/16 carry an IPv4 address.
-        0x64 if s[1] == 0xff9b => v4_class(Ipv4Addr::new(
-            (s[6] >> 8) as u8,
-            s[6] as u8,
-            (s[7] >> 8) as u8,
-            s[7] as u8,
-        )),
-        0x2002 => v4_class(Ipv4Addr::new(
-            (s[1] >> 8) as u8,
-            s[1] as u8,
-            (s[2] >> 8) as u8,
-            s[2] as u8,
-        )),
+        0x64 if s[1] == 0xff9b => v4_class(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8)),
+        0x2002 => v4_class(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8)),
         x if x & 0xfe00 == 0xfc00 => Some("unique-local or cloud metadata"),
         x if x & 0xffc0 == 0xfe80 => Some("link-local"),
         x if x & 0xffc0 == 0xfec0 => Some("site-local"),
@@ -78,31 +68,22 @@ fn is_loopback(ip: IpAddr) -> bool {
 }
 
 /// Resolves `host` and insists every address is allowed (one bad answer refuses them all).
-pub async fn resolve_allowed(
-    host: &str,
-    port: u16,
-    allow_loopback: bool,
-) -> Result<Vec<SocketAddr>, String> {
+pub async fn resolve_allowed(host: &str, port: u16, allow_loopback: bool) -> Result<Vec<SocketAddr>, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => {
-            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((bare, port))).await
-            {
-                Ok(Ok(a)) => a.collect(),
-                Ok(Err(_)) => return Err(format!("the host {bare} cannot be resolved")),
-                Err(_) => return Err(format!("resolving the host {bare} timed out")),
-            }
-        }
+        Err(_) => match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((bare, port))).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(_)) => return Err(format!("the host {bare} cannot be resolved")),
+            Err(_) => return Err(format!("resolving the host {bare} timed out")),
+        },
     };
     if addrs.is_empty() {
         return Err(format!("the host {bare} has no addresses"));
     }
     for a in &addrs {
         if let Some(why) = refusal(a.ip(), allow_loopback) {
-            return Err(format!(
-                "the host resolves to a {why} address, which webhooks may not call"
-            ));
+            return Err(format!("the host resolves to a {why} address, which webhooks may not call"));
         }
     }
     Ok(addrs)
@@ -117,11 +98,7 @@ pub async fn check_url(raw: &str, allow_loopback: bool) -> Result<(Url, Vec<Sock
     if !url.username().is_empty() || url.password().is_some() {
         return Err("credentials in the URL are not allowed".into());
     }
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or("the URL has no host")?
-        .to_string();
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or("the URL has no host")?.to_string();
     let port = url.port_or_known_default().ok_or("the URL has no port")?;
     match url.scheme() {
         "https" => {}
@@ -145,9 +122,7 @@ impl reqwest::dns::Resolve for CheckedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let (host, allow) = (name.as_str().to_string(), self.allow_loopback);
         Box::pin(async move {
-            let addrs = resolve_allowed(&host, 0, allow)
-                .await
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })?;
+            let addrs = resolve_allowed(&host, 0, allow).await.map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })?;
             let it: reqwest::dns::Addrs = Box::new(addrs.into_iter());
             Ok(it)
         })
@@ -185,38 +160,13 @@ mod tests {
     #[test]
     fn non_public_addresses_are_refused() {
         for a in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "100.127.255.254",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fe80::1",
-            "fc00::1",
-            "fd00:ec2::254",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-            "64:ff9b::a9fe:a9fe",
-            "2002:a00:1::1",
-            "ff02::1",
+            "127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+            "100.127.255.254", "0.0.0.0", "224.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fc00::1",
+            "fd00:ec2::254", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:a00:1::1", "ff02::1",
         ] {
             assert!(refused(a), "{a} should be refused");
         }
-        for a in [
-            "8.8.8.8",
-            "172.32.0.1",
-            "100.128.0.1",
-            "1.1.1.1",
-            "2606:4700:4700::1111",
-            "::ffff:8.8.8.8",
-        ] {
+        for a in ["8.8.8.8", "172.32.0.1", "100.128.0.1", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
             assert!(!refused(a), "{a} should be allowed");
         }
     }
@@ -237,9 +187,7 @@ mod tests {
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
             while let Ok((mut s, _)) = listener.accept().await {
-                let _ = s
-                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
-                    .await;
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n").await;
             }
         });
         let url = format!("http://localhost:{port}/");
@@ -253,12 +201,8 @@ mod tests {
     async fn urls_must_be_https_and_public() {
         assert!(check_url("http://example.com/hook", false).await.is_err());
         assert!(check_url("https://127.0.0.1/hook", false).await.is_err());
-        assert!(check_url("https://[fd00:ec2::254]/latest", false)
-            .await
-            .is_err());
-        assert!(check_url("https://169.254.169.254/latest/meta-data", true)
-            .await
-            .is_err());
+        assert!(check_url("https://[fd00:ec2::254]/latest", false).await.is_err());
+        assert!(check_url("https://169.254.169.254/latest/meta-data", true).await.is_err());
         assert!(check_url("https://user:pw@8.8.8.8/", false).await.is_err());
         assert!(check_url("ftp://8.8.8.8/", false).await.is_err());
         assert!(check_url("https://8.8.8.8/hook", false).await.is_ok());

@@ -16,28 +16,19 @@ pub struct Server {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `C360_TEST_STORE=cosmos-emulator` runs the same HTTP tests against the binary on the Cosmos
 /// adapter (the SDK's in-process emulator, which lives and dies with the process).
 pub fn test_store() -> Option<String> {
-    std::env::var("C360_TEST_STORE")
-        .ok()
-        .filter(|s| !s.is_empty() && s != "sqlite")
+    std::env::var("C360_TEST_STORE").ok().filter(|s| !s.is_empty() && s != "sqlite")
 }
 
 /// Tests about what survives a restart only mean something on a store that outlives the process.
 pub fn store_survives_restart() -> bool {
     if test_store().is_some() {
-        eprintln!(
-            "not run on {:?}: the in-process emulator does not outlive the process",
-            test_store()
-        );
+        eprintln!("not run on {:?}: the in-process emulator does not outlive the process", test_store());
         return false;
     }
     true
@@ -49,17 +40,8 @@ pub fn bin() -> &'static str {
 
 /// Runs a CLI subcommand against `dir` and returns stdout.
 pub fn cli(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .args(args)
-        .env("DATA_DIR", dir)
-        .env_remove("STORE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(bin()).args(args).env("DATA_DIR", dir).env_remove("STORE").output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -74,10 +56,7 @@ impl Server {
 
     pub async fn start_in(dir: &Path, env: &[(&str, &str)]) -> Server {
         let port = free_port();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut cmd = Command::new(bin());
         cmd.arg("serve")
             .env("DATA_DIR", dir)
@@ -86,13 +65,7 @@ impl Server {
             .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
             .env_remove("STORE")
             .envs(test_store().map(|s| ("STORE", s)))
-            .stdout(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.join("stdout.log"))
-                    .unwrap(),
-            )
+            .stdout(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stdout.log")).unwrap())
             .stderr(Stdio::null());
         for (k, v) in &env {
             cmd.env(k, v);
@@ -124,10 +97,7 @@ impl Server {
                     return;
                 }
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "server did not start"
-            );
+            assert!(started.elapsed() < Duration::from_secs(20), "server did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -141,11 +111,7 @@ impl Server {
     /// Starts the binary again on the same data directory and settings.
     pub async fn restart(&mut self) {
         self.kill();
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut next = Server::start_in(&self.dir.clone(), &env).await;
         std::mem::swap(&mut self.child, &mut next.child);
         self.port = next.port;
@@ -159,45 +125,25 @@ impl Server {
 
     /// The development client written by the first start.
     pub fn dev_credentials(&self) -> (String, String) {
-        let file: Value =
-            serde_json::from_slice(&std::fs::read(self.dir.join("secrets.json")).unwrap()).unwrap();
-        let raw = file["secrets"]["local-dev-client"][0]["value"]
-            .as_str()
-            .unwrap();
+        let file: Value = serde_json::from_slice(&std::fs::read(self.dir.join("secrets.json")).unwrap()).unwrap();
+        let raw = file["secrets"]["local-dev-client"][0]["value"].as_str().unwrap();
         let v: Value = serde_json::from_str(raw).unwrap();
-        (
-            v["clientId"].as_str().unwrap().into(),
-            v["clientSecret"].as_str().unwrap().into(),
-        )
+        (v["clientId"].as_str().unwrap().into(), v["clientSecret"].as_str().unwrap().into())
     }
 
     /// The newest JWT signing key (version, value) from the local secrets file.
     pub fn jwt_key(&self) -> (String, String) {
-        let file: Value =
-            serde_json::from_slice(&std::fs::read(self.dir.join("secrets.json")).unwrap()).unwrap();
+        let file: Value = serde_json::from_slice(&std::fs::read(self.dir.join("secrets.json")).unwrap()).unwrap();
         let k = &file["secrets"]["jwt-signing-key"][0];
-        (
-            k["version"].as_str().unwrap().into(),
-            k["value"].as_str().unwrap().into(),
-        )
+        (k["version"].as_str().unwrap().into(), k["value"].as_str().unwrap().into())
     }
 
-    pub async fn token_for(
-        &self,
-        id: &str,
-        secret: &str,
-        scope: Option<&str>,
-    ) -> reqwest::Response {
+    pub async fn token_for(&self, id: &str, secret: &str, scope: Option<&str>) -> reqwest::Response {
         let mut body = serde_json::json!({"clientId": id, "clientSecret": secret});
         if let Some(s) = scope {
             body["scope"] = s.into();
         }
-        reqwest::Client::new()
-            .post(format!("{}/api/auth/token", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        reqwest::Client::new().post(format!("{}/api/auth/token", self.base)).json(&body).send().await.unwrap()
     }
 
     /// A token with every scope of the development client.
@@ -205,52 +151,22 @@ impl Server {
         let (id, secret) = self.dev_credentials();
         let r = self.token_for(&id, &secret, None).await;
         assert_eq!(r.status(), 200);
-        r.json::<Value>().await.unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
     }
 
     /// A client made with the CLI (under Functions there is no development client).
     pub async fn cli_client(&self, scopes: &str) -> (Api, String) {
-        let out = cli(
-            &self.dir,
-            &["clients", "create", "--name", "test", "--scopes", scopes],
-        );
-        let id = out
-            .lines()
-            .find_map(|l| l.strip_prefix("clientId:"))
-            .unwrap()
-            .trim()
-            .to_string();
-        let secret = out
-            .lines()
-            .find_map(|l| l.strip_prefix("clientSecret:"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let out = cli(&self.dir, &["clients", "create", "--name", "test", "--scopes", scopes]);
+        let id = out.lines().find_map(|l| l.strip_prefix("clientId:")).unwrap().trim().to_string();
+        let secret = out.lines().find_map(|l| l.strip_prefix("clientSecret:")).unwrap().trim().to_string();
         let r = self.token_for(&id, &secret, None).await;
         assert_eq!(r.status(), 200);
-        let token = r.json::<Value>().await.unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        (
-            Api {
-                base: self.base.clone(),
-                token,
-                http: reqwest::Client::new(),
-            },
-            secret,
-        )
+        let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+        (Api { base: self.base.clone(), token, http: reqwest::Client::new() }, secret)
     }
 
     pub async fn client(&self) -> Api {
-        Api {
-            base: self.base.clone(),
-            token: self.token().await,
-            http: reqwest::Client::new(),
-        }
+        Api { base: self.base.clone(), token: self.token().await, http: reqwest::Client::new() }
     }
 }
 
@@ -283,10 +199,7 @@ impl Res {
     /// Asserts the spec's error shape and returns the code.
     pub fn error_code(&self) -> &str {
         let b = &self.body;
-        assert!(
-            b["traceId"].as_str().is_some_and(|t| !t.is_empty()),
-            "traceId in {b}"
-        );
+        assert!(b["traceId"].as_str().is_some_and(|t| !t.is_empty()), "traceId in {b}");
         assert!(b["message"].is_string(), "message in {b}");
         assert!(b["details"].is_object(), "details in {b}");
         b["code"].as_str().unwrap()
@@ -299,22 +212,12 @@ impl Api {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let bytes = r.bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        Res {
-            status,
-            headers,
-            body,
-        }
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        Res { status, headers, body }
     }
 
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(&self.token)
+        self.http.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token)
     }
 
     pub async fn get(&self, path: &str) -> Res {
@@ -322,13 +225,11 @@ impl Api {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Res {
-        self.send(self.req(reqwest::Method::POST, path).json(&body))
-            .await
+        self.send(self.req(reqwest::Method::POST, path).json(&body)).await
     }
 
     pub async fn patch(&self, path: &str, body: Value) -> Res {
-        self.send(self.req(reqwest::Method::PATCH, path).json(&body))
-            .await
+        self.send(self.req(reqwest::Method::PATCH, path).json(&body)).await
     }
 
     /// Creates a customer and returns its id.

@@ -21,21 +21,13 @@ fn from_doc(mut v: Value) -> StoreResult<Client> {
 impl ClientStore for CosmosStore {
     async fn create_client(&self, c: &Client) -> StoreResult<()> {
         let doc = to_doc(c)?;
-        match self
-            .call("client.create", || {
-                self.clients.create_item(c.id.clone(), &c.id, &doc, None)
-            })
-            .await
-        {
+        match self.call("client.create", || self.clients.create_item(c.id.clone(), &c.id, &doc, None)).await {
             Ok(_) => Ok(()),
             Err(CallError::Conflict) => {
                 // A retried create that had succeeded reads back identical.
                 match self.get_client(&c.id).await? {
                     Some(existing) if existing == *c => Ok(()),
-                    _ => Err(StoreError::Conflict {
-                        field: "id",
-                        existing_id: c.id.clone(),
-                    }),
+                    _ => Err(StoreError::Conflict { field: "id", existing_id: c.id.clone() }),
                 }
             }
             Err(e) => Err(e.into()),
@@ -43,34 +35,18 @@ impl ClientStore for CosmosStore {
     }
 
     async fn get_client(&self, id: &str) -> StoreResult<Option<Client>> {
-        self.read_doc::<Value>(&self.clients, "client.read", id, id)
-            .await?
-            .map(|(v, _)| from_doc(v))
-            .transpose()
+        self.read_doc::<Value>(&self.clients, "client.read", id, id).await?.map(|(v, _)| from_doc(v)).transpose()
     }
 
     async fn list_clients(&self) -> StoreResult<Vec<Client>> {
         let q = Query::from("SELECT * FROM c ORDER BY c.createdAtUs, c.id");
-        let docs: Vec<Value> = self
-            .query(
-                &self.clients,
-                "client.list",
-                q,
-                FeedScope::full_container(),
-                None,
-            )
-            .await?;
+        let docs: Vec<Value> = self.query(&self.clients, "client.list", q, FeedScope::full_container(), None).await?;
         docs.into_iter().map(from_doc).collect()
     }
 
     async fn update_client(&self, c: &Client) -> StoreResult<()> {
         let doc = to_doc(c)?;
-        match self
-            .call("client.replace", || {
-                self.clients.replace_item(c.id.clone(), &c.id, &doc, None)
-            })
-            .await
-        {
+        match self.call("client.replace", || self.clients.replace_item(c.id.clone(), &c.id, &doc, None)).await {
             Ok(_) => Ok(()),
             Err(e) => Err(e.into()),
         }

@@ -28,8 +28,8 @@
 use super::{hashed_id, internal, CallError, CosmosStore};
 use crate::domain::{Customer, LifecycleStage, RollupDelta, StageChange};
 use crate::store::{
-    CustomerPage, CustomerStore, CustomerWrite, IdempotencyRecord, ListQuery, Order, OutboxEvent,
-    SortField, Start, StoreError, StoreResult, WriteKind,
+    CustomerPage, CustomerStore, CustomerWrite, IdempotencyRecord, ListQuery, Order, OutboxEvent, SortField, Start,
+    StoreError, StoreResult, WriteKind,
 };
 use azure_data_cosmos::options::{ItemWriteOptions, Precondition};
 use azure_data_cosmos::{FeedScope, Query};
@@ -132,24 +132,13 @@ fn unique_values(c: &Customer) -> Vec<(&'static str, String, String)> {
 /// The stored document: the customer plus sort/search keys, stage history and pending work.
 fn to_doc(c: &Customer, history: &[StageRec], pending: Option<&Pending>) -> StoreResult<Value> {
     let mut v = serde_json::to_value(c).map_err(internal)?;
-    let m = v
-        .as_object_mut()
-        .ok_or_else(|| internal("customer is not an object"))?;
+    let m = v.as_object_mut().ok_or_else(|| internal("customer is not an object"))?;
     m.insert("nameKey".into(), c.name_key().into());
     // At the precision `createdAt` is stored and returned with (ms; see `rfc3339`), so a keyset
     // cursor built from a returned customer matches its own document exactly.
-    m.insert(
-        "createdAtUs".into(),
-        (c.created_at.timestamp_millis() * 1000).into(),
-    );
-    m.insert(
-        "extKey".into(),
-        c.external_id.as_ref().map(|x| x.to_lowercase()).into(),
-    );
-    m.insert(
-        "stageHistory".into(),
-        serde_json::to_value(history).map_err(internal)?,
-    );
+    m.insert("createdAtUs".into(), (c.created_at.timestamp_millis() * 1000).into());
+    m.insert("extKey".into(), c.external_id.as_ref().map(|x| x.to_lowercase()).into());
+    m.insert("stageHistory".into(), serde_json::to_value(history).map_err(internal)?);
     if let Some(p) = pending {
         m.insert("pending".into(), serde_json::to_value(p).map_err(internal)?);
     }
@@ -196,28 +185,16 @@ pub(super) fn if_match(etag: &str) -> ItemWriteOptions {
 }
 
 fn etag_of(resp: &azure_data_cosmos::models::ItemResponse) -> String {
-    resp.headers()
-        .etag()
-        .map(|e| e.to_string())
-        .unwrap_or_default()
+    resp.headers().etag().map(|e| e.to_string()).unwrap_or_default()
 }
 
 impl CosmosStore {
     async fn read_customer_doc(&self, id: &str) -> StoreResult<Option<Value>> {
-        Ok(self
-            .read_doc::<Value>(&self.customers, "customer.read", id, id)
-            .await?
-            .map(|(v, _)| v))
+        Ok(self.read_doc::<Value>(&self.customers, "customer.read", id, id).await?.map(|(v, _)| v))
     }
 
     /// Claims `lookup_id` for `customer_id`. Err(Conflict) names the holder.
-    async fn claim_unique(
-        &self,
-        field: &'static str,
-        lookup_id: &str,
-        value: &str,
-        customer_id: &str,
-    ) -> StoreResult<()> {
+    async fn claim_unique(&self, field: &'static str, lookup_id: &str, value: &str, customer_id: &str) -> StoreResult<()> {
         let doc = Lookup {
             id: lookup_id.to_string(),
             field: field.to_string(),
@@ -226,31 +203,16 @@ impl CosmosStore {
             claimed_at_us: micros(Utc::now()),
         };
         let pk = lookup_id.to_string();
-        match self
-            .call("unique.claim", || {
-                self.uniques.create_item(pk.clone(), lookup_id, &doc, None)
-            })
-            .await
-        {
+        match self.call("unique.claim", || self.uniques.create_item(pk.clone(), lookup_id, &doc, None)).await {
             Ok(_) => return Ok(()),
             Err(CallError::Conflict) => {}
             Err(e) => return Err(e.into()),
         }
-        let Some((held, etag)) = self
-            .read_doc::<Lookup>(&self.uniques, "unique.read", lookup_id, lookup_id)
-            .await?
-        else {
+        let Some((held, etag)) = self.read_doc::<Lookup>(&self.uniques, "unique.read", lookup_id, lookup_id).await? else {
             // Released in between: try once more.
-            return match self
-                .call("unique.claim", || {
-                    self.uniques.create_item(pk.clone(), lookup_id, &doc, None)
-                })
-                .await
-            {
+            return match self.call("unique.claim", || self.uniques.create_item(pk.clone(), lookup_id, &doc, None)).await {
                 Ok(_) => Ok(()),
-                Err(CallError::Conflict) => {
-                    Err(StoreError::Unavailable("contended unique value".into()))
-                }
+                Err(CallError::Conflict) => Err(StoreError::Unavailable("contended unique value".into())),
                 Err(e) => Err(e.into()),
             };
         };
@@ -262,18 +224,13 @@ impl CosmosStore {
         if old {
             let owner = self.read_customer_doc(&held.customer_id).await?;
             let owner_holds = owner
-                .map(|d| {
-                    from_doc(d).map(|c| unique_values(&c).iter().any(|(_, id, _)| id == lookup_id))
-                })
+                .map(|d| from_doc(d).map(|c| unique_values(&c).iter().any(|(_, id, _)| id == lookup_id)))
                 .transpose()?
                 .unwrap_or(false);
             if !owner_holds {
                 let opts = if_match(&etag);
                 match self
-                    .call("unique.takeover", || {
-                        self.uniques
-                            .replace_item(pk.clone(), lookup_id, &doc, Some(opts.clone()))
-                    })
+                    .call("unique.takeover", || self.uniques.replace_item(pk.clone(), lookup_id, &doc, Some(opts.clone())))
                     .await
                 {
                     Ok(_) => return Ok(()),
@@ -284,19 +241,13 @@ impl CosmosStore {
                 }
             }
         }
-        Err(StoreError::Conflict {
-            field,
-            existing_id: held.customer_id,
-        })
+        Err(StoreError::Conflict { field, existing_id: held.customer_id })
     }
 
     /// Deletes a lookup if `customer_id` still holds it (best effort: a leftover is harmless,
     /// it is taken over once stale).
     async fn release_unique(&self, lookup_id: &str, customer_id: &str) -> StoreResult<()> {
-        let Some((held, etag)) = self
-            .read_doc::<Lookup>(&self.uniques, "unique.read", lookup_id, lookup_id)
-            .await?
-        else {
+        let Some((held, etag)) = self.read_doc::<Lookup>(&self.uniques, "unique.read", lookup_id, lookup_id).await? else {
             return Ok(());
         };
         if held.customer_id != customer_id {
@@ -304,13 +255,7 @@ impl CosmosStore {
         }
         let pk = lookup_id.to_string();
         let opts = if_match(&etag);
-        match self
-            .call("unique.release", || {
-                self.uniques
-                    .delete_item(pk.clone(), lookup_id, Some(opts.clone()))
-            })
-            .await
-        {
+        match self.call("unique.release", || self.uniques.delete_item(pk.clone(), lookup_id, Some(opts.clone()))).await {
             Ok(_) | Err(CallError::NotFound) | Err(CallError::PreconditionFailed) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -328,11 +273,7 @@ impl CosmosStore {
         hashed_id("idem", &format!("{scope}\n{key}"))
     }
 
-    pub(super) async fn claim_idempotency(
-        &self,
-        r: &IdempotencyRecord,
-        customer_id: &str,
-    ) -> StoreResult<String> {
+    pub(super) async fn claim_idempotency(&self, r: &IdempotencyRecord, customer_id: &str) -> StoreResult<String> {
         let id = Self::idem_id(&r.scope, &r.key);
         let doc = IdemDoc {
             id: id.clone(),
@@ -346,38 +287,23 @@ impl CosmosStore {
             customer_id: customer_id.to_string(),
         };
         let pk = id.clone();
-        match self
-            .call("idempotency.claim", || {
-                self.idempotency.create_item(pk.clone(), &id, &doc, None)
-            })
-            .await
-        {
+        match self.call("idempotency.claim", || self.idempotency.create_item(pk.clone(), &id, &doc, None)).await {
             Ok(_) => return Ok(id),
             Err(CallError::Conflict) => {}
             Err(e) => return Err(e.into()),
         }
-        let conflict = || StoreError::Conflict {
-            field: "idempotencyKey",
-            existing_id: String::new(),
-        };
-        let Some((held, etag)) = self
-            .read_doc::<IdemDoc>(&self.idempotency, "idempotency.read", &id, &id)
-            .await?
-        else {
+        let conflict = || StoreError::Conflict { field: "idempotencyKey", existing_id: String::new() };
+        let Some((held, etag)) = self.read_doc::<IdemDoc>(&self.idempotency, "idempotency.read", &id, &id).await? else {
             return Err(conflict());
         };
         if held.customer_id == customer_id {
             return Ok(id);
         }
-        let expired =
-            from_micros(held.created_at_us) < r.created_at - Duration::hours(IDEMPOTENCY_TTL_HOURS);
+        let expired = from_micros(held.created_at_us) < r.created_at - Duration::hours(IDEMPOTENCY_TTL_HOURS);
         if expired || self.orphan_idempotency(&held).await? {
             let opts = if_match(&etag);
             return match self
-                .call("idempotency.takeover", || {
-                    self.idempotency
-                        .replace_item(pk.clone(), &id, &doc, Some(opts.clone()))
-                })
+                .call("idempotency.takeover", || self.idempotency.replace_item(pk.clone(), &id, &doc, Some(opts.clone())))
                 .await
             {
                 Ok(_) => Ok(id),
@@ -408,12 +334,7 @@ impl CosmosStore {
 
     pub(super) async fn release_idempotency(&self, id: &str) {
         let pk = id.to_string();
-        if let Err(e) = self
-            .call("idempotency.release", || {
-                self.idempotency.delete_item(pk.clone(), id, None)
-            })
-            .await
-        {
+        if let Err(e) = self.call("idempotency.release", || self.idempotency.delete_item(pk.clone(), id, None)).await {
             if !matches!(e, CallError::NotFound) {
                 tracing::warn!(target: "cosmos", error = ?e, "could not release an idempotency claim");
             }
@@ -422,24 +343,14 @@ impl CosmosStore {
 
     /// Creates an outbox event (a fixed id, so a repeat is a 409 no-op). `at_us` and `i` order
     /// events for the dispatcher.
-    pub(super) async fn publish_event(
-        &self,
-        e: &OutboxEvent,
-        at_us: i64,
-        i: usize,
-    ) -> StoreResult<()> {
+    pub(super) async fn publish_event(&self, e: &OutboxEvent, at_us: i64, i: usize) -> StoreResult<()> {
         let pk = format!("outbox:{}", e.timestamp.date_naive());
         let mut doc = serde_json::to_value(e).map_err(internal)?;
         doc["pk"] = pk.clone().into();
         doc["ord"] = format!("{:020}:{i:03}:{}", at_us.max(0), e.id).into();
         // Not yet fanned out to webhook subscriptions (`webhooks.rs` sets it to true).
         doc["dispatched"] = false.into();
-        match self
-            .call("outbox.create", || {
-                self.outbox.create_item(pk.clone(), &e.id, &doc, None)
-            })
-            .await
-        {
+        match self.call("outbox.create", || self.outbox.create_item(pk.clone(), &e.id, &doc, None)).await {
             Ok(_) | Err(CallError::Conflict) => Ok(()),
             Err(err) => Err(err.into()),
         }
@@ -450,8 +361,7 @@ impl CosmosStore {
         for (i, e) in p.events.iter().enumerate() {
             self.publish_event(e, p.at_us, i).await?;
         }
-        self.apply_ledger(customer_id, &p.write_id, &p.rollups, p.new_customers)
-            .await?;
+        self.apply_ledger(customer_id, &p.write_id, &p.rollups, p.new_customers).await?;
         self.release_all(&p.release, customer_id).await;
         Ok(())
     }
@@ -466,32 +376,14 @@ impl CosmosStore {
     /// writes still in flight alone).
     pub async fn repair_pending_older_than(&self, age: Duration) -> StoreResult<usize> {
         let cutoff = micros(Utc::now() - age);
-        let q = Query::from(
-            "SELECT * FROM c WHERE IS_DEFINED(c.pending.writeId) AND c.pending.atUs <= @cutoff",
-        )
-        .with_parameter("@cutoff", cutoff)
-        .map_err(internal)?;
-        let docs: Vec<Value> = self
-            .query(
-                &self.customers,
-                "customer.repair_scan",
-                q,
-                FeedScope::full_container(),
-                None,
-            )
-            .await?;
+        let q = Query::from("SELECT * FROM c WHERE IS_DEFINED(c.pending.writeId) AND c.pending.atUs <= @cutoff")
+            .with_parameter("@cutoff", cutoff)
+            .map_err(internal)?;
+        let docs: Vec<Value> = self.query(&self.customers, "customer.repair_scan", q, FeedScope::full_container(), None).await?;
         let mut n = 0;
         for doc in docs {
-            let id = doc
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let etag = doc
-                .get("_etag")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let id = doc.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            let etag = doc.get("_etag").and_then(Value::as_str).unwrap_or_default().to_string();
             if let Some(p) = pending_of(&doc)? {
                 self.apply_pending(&id, &p).await?;
                 self.clear_pending(&id, strip_system(doc), &etag).await?;
@@ -502,20 +394,9 @@ impl CosmosStore {
     }
 
     /// Replaces the document without `pending` if nobody wrote it since; returns the new etag.
-    async fn clear_pending(
-        &self,
-        id: &str,
-        clean: Value,
-        etag: &str,
-    ) -> StoreResult<Option<String>> {
+    async fn clear_pending(&self, id: &str, clean: Value, etag: &str) -> StoreResult<Option<String>> {
         let opts = if_match(etag);
-        match self
-            .call("customer.clear_pending", || {
-                self.customers
-                    .replace_item(id.to_string(), id, &clean, Some(opts.clone()))
-            })
-            .await
-        {
+        match self.call("customer.clear_pending", || self.customers.replace_item(id.to_string(), id, &clean, Some(opts.clone()))).await {
             Ok(r) => Ok(Some(etag_of(&r))),
             Err(CallError::PreconditionFailed) | Err(CallError::NotFound) => Ok(None),
             Err(e) => Err(e.into()),
@@ -523,13 +404,7 @@ impl CosmosStore {
     }
 
     /// Gives back the claims of a write that did not commit.
-    async fn undo(
-        &self,
-        e: StoreError,
-        claimed: &[String],
-        customer_id: &str,
-        idem: Option<&str>,
-    ) -> StoreError {
+    async fn undo(&self, e: StoreError, claimed: &[String], customer_id: &str, idem: Option<&str>) -> StoreError {
         self.release_all(claimed, customer_id).await;
         if let Some(id) = idem {
             self.release_idempotency(id).await;
@@ -544,45 +419,22 @@ impl CosmosStore {
     /// For failure tests: performs `write_customer` but stops at `crash`, as a process that
     /// dies there would. `repair_pending` (or the next write to the customer) finishes it.
     #[doc(hidden)]
-    pub async fn write_with_crash(
-        &self,
-        w: CustomerWrite,
-        crash: CrashPoint,
-    ) -> StoreResult<String> {
-        self.write_until(w, Some(crash))
-            .await
-            .map(|e| public_etag(&e))
+    pub async fn write_with_crash(&self, w: CustomerWrite, crash: CrashPoint) -> StoreResult<String> {
+        self.write_until(w, Some(crash)).await.map(|e| public_etag(&e))
     }
 
-    async fn write_until(
-        &self,
-        w: CustomerWrite,
-        crash: Option<CrashPoint>,
-    ) -> StoreResult<String> {
+    async fn write_until(&self, w: CustomerWrite, crash: Option<CrashPoint>) -> StoreResult<String> {
         let c = &w.customer;
         let write_id = ulid::Ulid::new().to_string();
         let now_us = micros(Utc::now());
-        let new_recs: Vec<StageRec> = w
-            .stage_changes
-            .iter()
-            .map(|s| StageRec {
-                from: s.from,
-                to: s.to,
-                at_us: micros(s.at),
-            })
-            .collect();
+        let new_recs: Vec<StageRec> =
+            w.stage_changes.iter().map(|s| StageRec { from: s.from, to: s.to, at_us: micros(s.at) }).collect();
         // Read what is there (updates), repairing a previous write's leftovers first.
         let (mut history, old, expected) = match &w.kind {
             WriteKind::Insert => (Vec::new(), None, None),
             WriteKind::Update { expected_etag } => {
-                let Some(doc) = self.read_customer_doc(&c.id).await? else {
-                    return Err(StoreError::NotFound);
-                };
-                let etag = doc
-                    .get("_etag")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
+                let Some(doc) = self.read_customer_doc(&c.id).await? else { return Err(StoreError::NotFound) };
+                let etag = doc.get("_etag").and_then(Value::as_str).unwrap_or_default().to_string();
                 if public_etag(&etag) != public_etag(expected_etag) {
                     return Err(StoreError::PreconditionFailed);
                 }
@@ -593,10 +445,7 @@ impl CosmosStore {
             }
         };
         // 1. Unique values new to this customer.
-        let before: Vec<String> = old
-            .as_ref()
-            .map(|o| unique_values(o).into_iter().map(|(_, id, _)| id).collect())
-            .unwrap_or_default();
+        let before: Vec<String> = old.as_ref().map(|o| unique_values(o).into_iter().map(|(_, id, _)| id).collect()).unwrap_or_default();
         let now_values = unique_values(c);
         let mut claimed = Vec::new();
         for (field, id, value) in &now_values {
@@ -621,11 +470,7 @@ impl CosmosStore {
             None => None,
         };
         // 3. The commit point: one document.
-        let release: Vec<String> = before
-            .iter()
-            .filter(|id| !now_values.iter().any(|(_, n, _)| n == *id))
-            .cloned()
-            .collect();
+        let release: Vec<String> = before.iter().filter(|id| !now_values.iter().any(|(_, n, _)| n == *id)).cloned().collect();
         let pending = Pending {
             write_id: write_id.clone(),
             at_us: now_us,
@@ -637,44 +482,23 @@ impl CosmosStore {
         history.extend(new_recs);
         let doc = to_doc(c, &history, Some(&pending))?;
         let committed = match &expected {
-            None => {
-                self.call("customer.create", || {
-                    self.customers.create_item(c.id.clone(), &c.id, &doc, None)
-                })
-                .await
-            }
+            None => self.call("customer.create", || self.customers.create_item(c.id.clone(), &c.id, &doc, None)).await,
             Some(etag) => {
                 let opts = if_match(etag);
-                self.call("customer.replace", || {
-                    self.customers
-                        .replace_item(c.id.clone(), &c.id, &doc, Some(opts.clone()))
-                })
-                .await
+                self.call("customer.replace", || self.customers.replace_item(c.id.clone(), &c.id, &doc, Some(opts.clone()))).await
             }
         };
         let etag = match committed {
             Ok(r) => etag_of(&r),
-            Err(
-                e @ (CallError::Conflict | CallError::PreconditionFailed | CallError::NotFound),
-            ) => {
+            Err(e @ (CallError::Conflict | CallError::PreconditionFailed | CallError::NotFound)) => {
                 // The SDK retries writes after ambiguous failures: was the first attempt ours?
                 let current = self.read_customer_doc(&c.id).await?;
-                let ours = current
-                    .as_ref()
-                    .and_then(|d| pending_of(d).ok().flatten())
-                    .is_some_and(|p| p.write_id == write_id);
+                let ours = current.as_ref().and_then(|d| pending_of(d).ok().flatten()).is_some_and(|p| p.write_id == write_id);
                 match (ours, current) {
-                    (true, Some(d)) => d
-                        .get("_etag")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
+                    (true, Some(d)) => d.get("_etag").and_then(Value::as_str).unwrap_or_default().to_string(),
                     _ => {
                         let err = match e {
-                            CallError::Conflict => StoreError::Conflict {
-                                field: "id",
-                                existing_id: c.id.clone(),
-                            },
+                            CallError::Conflict => StoreError::Conflict { field: "id", existing_id: c.id.clone() },
                             CallError::NotFound => StoreError::NotFound,
                             _ => StoreError::PreconditionFailed,
                         };
@@ -697,10 +521,7 @@ impl CosmosStore {
             return Ok(etag);
         }
         let clean = to_doc(c, &history, None)?;
-        Ok(self
-            .clear_pending(&c.id, clean, &etag)
-            .await?
-            .unwrap_or(etag))
+        Ok(self.clear_pending(&c.id, clean, &etag).await?.unwrap_or(etag))
     }
 
     async fn list(&self, q: &ListQuery) -> StoreResult<CustomerPage> {
@@ -710,18 +531,11 @@ impl CosmosStore {
             (SortField::Name, Order::Desc) => ("nameKey", "DESC", "<"),
             (SortField::Name, Order::Asc) => ("nameKey", "ASC", ">"),
         };
-        let search = q
-            .search
-            .as_deref()
-            .map(str::to_lowercase)
-            .filter(|s| !s.is_empty());
+        let search = q.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
         let mut filters = Vec::new();
         let mut params: Vec<(&str, Value)> = Vec::new();
         if let Some(t) = &search {
-            filters.push(
-                "(CONTAINS(c.nameKey, @t) OR CONTAINS(c.email, @t) OR CONTAINS(c.extKey, @t))"
-                    .to_string(),
-            );
+            filters.push("(CONTAINS(c.nameKey, @t) OR CONTAINS(c.email, @t) OR CONTAINS(c.extKey, @t))".to_string());
             params.push(("@t", t.clone().into()));
         }
         // Exact total with a search: every match is streamed as `1` and counted (the SDK refuses
@@ -729,10 +543,7 @@ impl CosmosStore {
         let count_query = match &search {
             None => None,
             Some(_) => {
-                let mut cq = Query::from(format!(
-                    "SELECT VALUE 1 FROM c WHERE {}",
-                    filters.join(" AND ")
-                ));
+                let mut cq = Query::from(format!("SELECT VALUE 1 FROM c WHERE {}", filters.join(" AND ")));
                 for (k, v) in &params {
                     cq = cq.with_parameter(*k, v).map_err(internal)?;
                 }
@@ -742,13 +553,9 @@ impl CosmosStore {
         let offset = match &q.start {
             Start::Offset(n) => *n,
             Start::After(k) => {
-                filters.push(format!(
-                    "(c.{col} {cmp} @v OR (c.{col} = @v AND c.id {cmp} @id))"
-                ));
+                filters.push(format!("(c.{col} {cmp} @v OR (c.{col} = @v AND c.id {cmp} @id))"));
                 let v = match q.sort {
-                    SortField::CreatedAt => {
-                        Value::from(k.value.as_i64().ok_or_else(|| internal("bad cursor"))?)
-                    }
+                    SortField::CreatedAt => Value::from(k.value.as_i64().ok_or_else(|| internal("bad cursor"))?),
                     SortField::Name => Value::from(k.value.as_str().unwrap_or_default()),
                 };
                 params.push(("@v", v));
@@ -756,11 +563,7 @@ impl CosmosStore {
                 0
             }
         };
-        let where_ = if filters.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", filters.join(" AND "))
-        };
+        let where_ = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
         let text = format!(
             "SELECT * FROM c {where_} ORDER BY c.{col} {dir}, c.id {dir} OFFSET {} LIMIT {}",
             offset.min(i64::MAX as u64),
@@ -775,15 +578,8 @@ impl CosmosStore {
             match count_query {
                 None => self.customer_count().await,
                 Some(cq) => {
-                    let ones: Vec<Value> = self
-                        .query(
-                            &self.customers,
-                            "customer.search_count",
-                            cq,
-                            FeedScope::full_container(),
-                            None,
-                        )
-                        .await?;
+                    let ones: Vec<Value> =
+                        self.query(&self.customers, "customer.search_count", cq, FeedScope::full_container(), None).await?;
                     Ok(ones.len() as u64)
                 }
             }
@@ -792,20 +588,10 @@ impl CosmosStore {
             if q.limit == 0 {
                 return Ok(Vec::new());
             }
-            self.query::<Value>(
-                &self.customers,
-                "customer.list",
-                query,
-                FeedScope::full_container(),
-                Some(q.limit as usize),
-            )
-            .await
+            self.query::<Value>(&self.customers, "customer.list", query, FeedScope::full_container(), Some(q.limit as usize)).await
         };
         let (total, docs) = futures::future::try_join(total, page).await?;
-        let items = docs
-            .into_iter()
-            .map(from_doc)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let items = docs.into_iter().map(from_doc).collect::<StoreResult<Vec<_>>>()?;
         Ok(CustomerPage { items, total })
     }
 }
@@ -816,26 +602,15 @@ impl CustomerStore for CosmosStore {
         self.read_customer_doc(id).await?.map(from_doc).transpose()
     }
 
-    async fn find_customer_by_external_id(
-        &self,
-        external_id: &str,
-    ) -> StoreResult<Option<Customer>> {
+    async fn find_customer_by_external_id(&self, external_id: &str) -> StoreResult<Option<Customer>> {
         // Point read of the lookup, then of the customer (2 point reads, no query), checked
         // against the customer so a stale lookup is never believed.
         let lid = ext_lookup(external_id);
-        let Some((l, _)) = self
-            .read_doc::<Lookup>(&self.uniques, "unique.read", &lid, &lid)
-            .await?
-        else {
+        let Some((l, _)) = self.read_doc::<Lookup>(&self.uniques, "unique.read", &lid, &lid).await? else {
             return Ok(None);
         };
-        let Some(c) = self.get_customer(&l.customer_id).await? else {
-            return Ok(None);
-        };
-        let holds = c
-            .external_id
-            .as_ref()
-            .is_some_and(|x| x.to_lowercase() == external_id.to_lowercase());
+        let Some(c) = self.get_customer(&l.customer_id).await? else { return Ok(None) };
+        let holds = c.external_id.as_ref().is_some_and(|x| x.to_lowercase() == external_id.to_lowercase());
         Ok(holds.then_some(c))
     }
 
@@ -848,30 +623,16 @@ impl CustomerStore for CosmosStore {
     }
 
     async fn stage_history(&self, customer_id: &str) -> StoreResult<Vec<StageChange>> {
-        let Some(doc) = self.read_customer_doc(customer_id).await? else {
-            return Ok(Vec::new());
-        };
+        let Some(doc) = self.read_customer_doc(customer_id).await? else { return Ok(Vec::new()) };
         Ok(history_of(&doc)?
             .into_iter()
-            .map(|r| StageChange {
-                customer_id: customer_id.to_string(),
-                from: r.from,
-                to: r.to,
-                at: from_micros(r.at_us),
-            })
+            .map(|r| StageChange { customer_id: customer_id.to_string(), from: r.from, to: r.to, at: from_micros(r.at_us) })
             .collect())
     }
 
-    async fn get_idempotency(
-        &self,
-        scope: &str,
-        key: &str,
-    ) -> StoreResult<Option<IdempotencyRecord>> {
+    async fn get_idempotency(&self, scope: &str, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
         let id = Self::idem_id(scope, key);
-        let Some((d, _)) = self
-            .read_doc::<IdemDoc>(&self.idempotency, "idempotency.read", &id, &id)
-            .await?
-        else {
+        let Some((d, _)) = self.read_doc::<IdemDoc>(&self.idempotency, "idempotency.read", &id, &id).await? else {
             return Ok(None);
         };
         if from_micros(d.created_at_us) < Utc::now() - Duration::hours(IDEMPOTENCY_TTL_HOURS) {
@@ -892,25 +653,11 @@ impl CustomerStore for CosmosStore {
         }))
     }
 
-    async fn outbox_events(
-        &self,
-        after_id: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Vec<OutboxEvent>> {
+    async fn outbox_events(&self, after_id: Option<&str>, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
         let after_ord = match after_id {
             Some(id) => {
-                let q = Query::from("SELECT VALUE c.ord FROM c WHERE c.id = @id")
-                    .with_parameter("@id", id)
-                    .map_err(internal)?;
-                let ords: Vec<String> = self
-                    .query(
-                        &self.outbox,
-                        "outbox.cursor",
-                        q,
-                        FeedScope::full_container(),
-                        Some(1),
-                    )
-                    .await?;
+                let q = Query::from("SELECT VALUE c.ord FROM c WHERE c.id = @id").with_parameter("@id", id).map_err(internal)?;
+                let ords: Vec<String> = self.query(&self.outbox, "outbox.cursor", q, FeedScope::full_container(), Some(1)).await?;
                 ords.into_iter().next().unwrap_or_default()
             }
             None => String::new(),
@@ -918,22 +665,10 @@ impl CustomerStore for CosmosStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let q = Query::from(format!(
-            "SELECT * FROM c WHERE c.ord > @ord ORDER BY c.ord OFFSET 0 LIMIT {limit}"
-        ))
-        .with_parameter("@ord", after_ord)
-        .map_err(internal)?;
-        let docs: Vec<Value> = self
-            .query(
-                &self.outbox,
-                "outbox.list",
-                q,
-                FeedScope::full_container(),
-                Some(limit as usize),
-            )
-            .await?;
-        docs.into_iter()
-            .map(|d| serde_json::from_value(strip_system(d)).map_err(internal))
-            .collect()
+        let q = Query::from(format!("SELECT * FROM c WHERE c.ord > @ord ORDER BY c.ord OFFSET 0 LIMIT {limit}"))
+            .with_parameter("@ord", after_ord)
+            .map_err(internal)?;
+        let docs: Vec<Value> = self.query(&self.outbox, "outbox.list", q, FeedScope::full_container(), Some(limit as usize)).await?;
+        docs.into_iter().map(|d| serde_json::from_value(strip_system(d)).map_err(internal)).collect()
     }
 }

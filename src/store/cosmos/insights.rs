@@ -58,38 +58,23 @@ impl CosmosStore {
         let pk = format!("ledger:{}", shard_of(customer_id));
         let mut by_day: BTreeMap<NaiveDate, BTreeMap<&'static str, i64>> = BTreeMap::new();
         for d in deltas {
-            *by_day
-                .entry(d.day)
-                .or_default()
-                .entry(d.metric.as_str())
-                .or_default() += d.delta;
+            *by_day.entry(d.day).or_default().entry(d.metric.as_str()).or_default() += d.delta;
         }
         for attempt in 0..LEDGER_ATTEMPTS {
             let marker_id = format!("applied:{write_id}");
-            let marker =
-                json!({ "id": marker_id, "pk": pk, "kind": "applied", "ttl": MARKER_TTL_SECONDS });
-            let mut batch = TransactionalBatch::new(pk.clone())
-                .create_item(&marker)
-                .map_err(internal)?;
+            let marker = json!({ "id": marker_id, "pk": pk, "kind": "applied", "ttl": MARKER_TTL_SECONDS });
+            let mut batch = TransactionalBatch::new(pk.clone()).create_item(&marker).map_err(internal)?;
             // Read every touched document at once (point reads in the shard partition).
             let mut ids: Vec<String> = by_day.keys().map(|day| format!("rollup:{day}")).collect();
             if new_customers != 0 {
                 ids.push("counter".into());
             }
-            let reads = ids
-                .iter()
-                .map(|id| self.read_doc::<Value>(&self.meta, "ledger.read", &pk, id));
+            let reads = ids.iter().map(|id| self.read_doc::<Value>(&self.meta, "ledger.read", &pk, id));
             let mut current = futures::future::try_join_all(reads).await?.into_iter();
             for (day, metrics) in &by_day {
                 let id = format!("rollup:{day}");
                 let (mut values, etag) = match current.next().flatten() {
-                    Some((v, e)) => (
-                        v.get("metrics")
-                            .and_then(Value::as_object)
-                            .cloned()
-                            .unwrap_or_default(),
-                        Some(e),
-                    ),
+                    Some((v, e)) => (v.get("metrics").and_then(Value::as_object).cloned().unwrap_or_default(), Some(e)),
                     None => (Map::new(), None),
                 };
                 for (m, d) in metrics {
@@ -101,20 +86,13 @@ impl CosmosStore {
             }
             if new_customers != 0 {
                 let (n, etag) = match current.next().flatten() {
-                    Some((v, e)) => (
-                        v.get("customers").and_then(Value::as_i64).unwrap_or(0),
-                        Some(e),
-                    ),
+                    Some((v, e)) => (v.get("customers").and_then(Value::as_i64).unwrap_or(0), Some(e)),
                     None => (0, None),
                 };
                 let doc = json!({ "id": "counter", "pk": pk, "kind": "counter", "customers": n + new_customers });
                 batch = put(batch, "counter", doc, etag)?;
             }
-            let resp = self
-                .call("ledger.batch", || {
-                    self.meta.execute_transactional_batch(batch.clone(), None)
-                })
-                .await?;
+            let resp = self.call("ledger.batch", || self.meta.execute_transactional_batch(batch.clone(), None)).await?;
             let results = resp.into_model().map_err(internal)?;
             let results = results.results();
             if results.iter().all(|r| r.is_success()) {
@@ -126,14 +104,9 @@ impl CosmosStore {
             let contended = results.iter().any(|r| matches!(r.status_code(), 409 | 412));
             if !contended {
                 let codes: Vec<u16> = results.iter().map(|r| r.status_code()).collect();
-                return Err(StoreError::Internal(format!(
-                    "ledger batch failed: {codes:?}"
-                )));
+                return Err(StoreError::Internal(format!("ledger batch failed: {codes:?}")));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(
-                5 + rand::random::<u64>() % (10 << attempt.min(5)),
-            ))
-            .await;
+            tokio::time::sleep(std::time::Duration::from_millis(5 + rand::random::<u64>() % (10 << attempt.min(5)))).await;
         }
         Err(StoreError::Unavailable("ledger contended".into()))
     }
@@ -142,10 +115,7 @@ impl CosmosStore {
     pub(crate) async fn customer_count(&self) -> StoreResult<u64> {
         let reads = (0..SHARDS).map(|s| {
             let pk = format!("ledger:{s}");
-            async move {
-                self.read_doc::<Value>(&self.meta, "ledger.count", &pk, "counter")
-                    .await
-            }
+            async move { self.read_doc::<Value>(&self.meta, "ledger.count", &pk, "counter").await }
         });
         let mut total = 0i64;
         for r in futures::future::join_all(reads).await {
@@ -158,19 +128,10 @@ impl CosmosStore {
 }
 
 /// Adds "replace if unchanged since read" (or "create") of `doc` to the batch.
-pub(super) fn put(
-    batch: TransactionalBatch,
-    id: &str,
-    doc: Value,
-    etag: Option<String>,
-) -> StoreResult<TransactionalBatch> {
+pub(super) fn put(batch: TransactionalBatch, id: &str, doc: Value, etag: Option<String>) -> StoreResult<TransactionalBatch> {
     match etag {
         Some(e) => batch
-            .replace_item(
-                id.to_string(),
-                doc,
-                Some(BatchReplaceOptions::default().with_precondition(Precondition::if_match(e))),
-            )
+            .replace_item(id.to_string(), doc, Some(BatchReplaceOptions::default().with_precondition(Precondition::if_match(e))))
             .map_err(internal),
         None => batch.create_item(doc).map_err(internal),
     }
@@ -178,48 +139,22 @@ pub(super) fn put(
 
 #[async_trait::async_trait]
 impl InsightStore for CosmosStore {
-    async fn rollups(
-        &self,
-        from: NaiveDate,
-        to: NaiveDate,
-    ) -> StoreResult<Vec<(NaiveDate, Metric, i64)>> {
+    async fn rollups(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<(NaiveDate, Metric, i64)>> {
         let q = Query::from("SELECT c.day, c.metrics FROM c WHERE c.kind = 'rollup' AND c.day >= @from AND c.day <= @to")
             .with_parameter("@from", from.to_string())
             .map_err(internal)?
             .with_parameter("@to", to.to_string())
             .map_err(internal)?;
-        let docs: Vec<Value> = self
-            .query(
-                &self.meta,
-                "rollups.query",
-                q,
-                FeedScope::full_container(),
-                None,
-            )
-            .await?;
+        let docs: Vec<Value> = self.query(&self.meta, "rollups.query", q, FeedScope::full_container(), None).await?;
         let mut sums: BTreeMap<(NaiveDate, &'static str), i64> = BTreeMap::new();
         for d in docs {
-            let Some(day) = d
-                .get("day")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse::<NaiveDate>().ok())
-            else {
-                continue;
-            };
-            for (m, v) in d
-                .get("metrics")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-            {
+            let Some(day) = d.get("day").and_then(Value::as_str).and_then(|s| s.parse::<NaiveDate>().ok()) else { continue };
+            for (m, v) in d.get("metrics").and_then(Value::as_object).into_iter().flatten() {
                 if let Some(metric) = Metric::parse(m) {
                     *sums.entry((day, metric.as_str())).or_default() += v.as_i64().unwrap_or(0);
                 }
             }
         }
-        Ok(sums
-            .into_iter()
-            .filter_map(|((day, m), v)| Metric::parse(m).map(|m| (day, m, v)))
-            .collect())
+        Ok(sums.into_iter().filter_map(|((day, m), v)| Metric::parse(m).map(|m| (day, m, v))).collect())
     }
 }

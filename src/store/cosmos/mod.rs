@@ -12,9 +12,7 @@
 use super::{StoreError, StoreResult};
 use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::models::ContainerProperties;
-use azure_data_cosmos::{
-    AccountReference, CosmosClient, CosmosError, FeedScope, Query, RoutingStrategy,
-};
+use azure_data_cosmos::{AccountReference, CosmosClient, CosmosError, FeedScope, Query, RoutingStrategy};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -54,8 +52,7 @@ pub struct ContainersFile {
 }
 
 pub fn containers_file() -> StoreResult<ContainersFile> {
-    serde_json::from_str(CONTAINERS_JSON)
-        .map_err(|e| StoreError::Internal(format!("cosmos-containers.json: {e}")))
+    serde_json::from_str(CONTAINERS_JSON).map_err(|e| StoreError::Internal(format!("cosmos-containers.json: {e}")))
 }
 
 impl ContainerSpec {
@@ -74,8 +71,7 @@ impl ContainerSpec {
         if let Some(u) = &self.unique_keys {
             v["uniqueKeyPolicy"] = serde_json::json!({ "uniqueKeys": u });
         }
-        serde_json::from_value(v)
-            .map_err(|e| StoreError::Internal(format!("container {}: {e}", self.name)))
+        serde_json::from_value(v).map_err(|e| StoreError::Internal(format!("container {}: {e}", self.name)))
     }
 }
 
@@ -131,12 +127,7 @@ fn classify(e: &CosmosError) -> CallError {
         CallError::Conflict
     } else if s.is_precondition_failed() {
         CallError::PreconditionFailed
-    } else if s.is_throttled()
-        || s.is_service_unavailable()
-        || s.is_timeout()
-        || s.is_transient()
-        || s.is_gone()
-    {
+    } else if s.is_throttled() || s.is_service_unavailable() || s.is_timeout() || s.is_transient() || s.is_gone() {
         CallError::Unavailable(format!("cosmos: {s}"))
     } else {
         CallError::Other(format!("cosmos: {e}"))
@@ -154,28 +145,19 @@ pub(crate) trait Charged {
 
 impl Charged for azure_data_cosmos::models::ItemResponse {
     fn ru(&self) -> f64 {
-        self.headers()
-            .request_charge()
-            .map(|c| c.value())
-            .unwrap_or(0.0)
+        self.headers().request_charge().map(|c| c.value()).unwrap_or(0.0)
     }
 }
 
 impl Charged for azure_data_cosmos::models::BatchResponse {
     fn ru(&self) -> f64 {
-        self.headers()
-            .request_charge()
-            .map(|c| c.value())
-            .unwrap_or(0.0)
+        self.headers().request_charge().map(|c| c.value()).unwrap_or(0.0)
     }
 }
 
 impl<T> Charged for azure_data_cosmos::models::ResourceResponse<T> {
     fn ru(&self) -> f64 {
-        self.headers()
-            .request_charge()
-            .map(|c| c.value())
-            .unwrap_or(0.0)
+        self.headers().request_charge().map(|c| c.value()).unwrap_or(0.0)
     }
 }
 
@@ -195,21 +177,13 @@ impl CosmosStore {
     /// Opens the store on an existing client. `create` makes the database and containers when
     /// missing (key auth and the emulator only: in Azure, Bicep declares them and the managed
     /// identity's data-plane role cannot create them).
-    pub async fn connect(
-        client: &CosmosClient,
-        database: &str,
-        create: bool,
-    ) -> StoreResult<Arc<CosmosStore>> {
+    pub async fn connect(client: &CosmosClient, database: &str, create: bool) -> StoreResult<Arc<CosmosStore>> {
         let file = containers_file()?;
         if create {
             match client.create_database(database, None).await {
                 Ok(_) => {}
                 Err(e) if e.status().is_conflict() => {}
-                Err(e) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "cannot create database {database}: {e}"
-                    )))
-                }
+                Err(e) => return Err(StoreError::Unavailable(format!("cannot create database {database}: {e}"))),
             }
         }
         let db = client.database_client(database);
@@ -219,12 +193,7 @@ impl CosmosStore {
                 match db.create_container(spec.properties()?, None).await {
                     Ok(_) => {}
                     Err(e) if e.status().is_conflict() => {}
-                    Err(e) => {
-                        return Err(StoreError::Unavailable(format!(
-                            "cannot create container {}: {e}",
-                            spec.name
-                        )))
-                    }
+                    Err(e) => return Err(StoreError::Unavailable(format!("cannot create container {}: {e}", spec.name))),
                 }
             }
             let c = db
@@ -234,8 +203,7 @@ impl CosmosStore {
             made.insert(spec.name.clone(), c);
         }
         let mut take = |name: &str| {
-            made.remove(name)
-                .ok_or_else(|| StoreError::Internal(format!("cosmos-containers.json lacks {name}")))
+            made.remove(name).ok_or_else(|| StoreError::Internal(format!("cosmos-containers.json lacks {name}")))
         };
         let store = Arc::new(CosmosStore {
             customers: take("customers")?,
@@ -260,10 +228,8 @@ impl CosmosStore {
         cfg: &crate::config::CosmosConfig,
         azure_client_id: Option<&str>,
     ) -> StoreResult<Arc<CosmosStore>> {
-        let endpoint: azure_data_cosmos::AccountEndpoint = cfg
-            .endpoint
-            .parse()
-            .map_err(|e| StoreError::Internal(format!("COSMOS_ENDPOINT: {e}")))?;
+        let endpoint: azure_data_cosmos::AccountEndpoint =
+            cfg.endpoint.parse().map_err(|e| StoreError::Internal(format!("COSMOS_ENDPOINT: {e}")))?;
         let (account, create) = match &cfg.key {
             Some(key) => (
                 AccountReference::with_authentication_key(
@@ -273,12 +239,9 @@ impl CosmosStore {
                 true,
             ),
             None => {
-                use azure_identity::{
-                    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
-                };
+                use azure_identity::{ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
                 let options = ManagedIdentityCredentialOptions {
-                    user_assigned_id: azure_client_id
-                        .map(|id| UserAssignedId::ClientId(id.to_string())),
+                    user_assigned_id: azure_client_id.map(|id| UserAssignedId::ClientId(id.to_string())),
                     ..Default::default()
                 };
                 let cred = ManagedIdentityCredential::new(Some(options))
@@ -306,8 +269,7 @@ impl CosmosStore {
         };
         const URL: &str = "https://eastus.emulator.local";
         let url = azure_core::http::Url::parse(URL).map_err(internal)?;
-        let config = VirtualAccountConfig::new(vec![VirtualRegion::new("East US", url)])
-            .map_err(internal)?;
+        let config = VirtualAccountConfig::new(vec![VirtualRegion::new("East US", url)]).map_err(internal)?;
         let emulator = Arc::new(InMemoryEmulatorHttpClient::new(config));
         let account = AccountReference::with_authentication_key(
             URL.parse().map_err(internal)?,
@@ -320,10 +282,7 @@ impl CosmosStore {
             .map_err(internal)?;
         let client = CosmosClient::builder()
             .with_runtime(runtime)
-            .build(
-                account,
-                RoutingStrategy::ProximityTo(azure_data_cosmos::options::Region::EAST_US),
-            )
+            .build(account, RoutingStrategy::ProximityTo(azure_data_cosmos::options::Region::EAST_US))
             .await
             .map_err(internal)?;
         Self::connect(&client, database, true).await
@@ -335,8 +294,7 @@ impl CosmosStore {
     }
 
     fn charge(&self, ru: f64) {
-        self.ru_milli
-            .fetch_add((ru * 1000.0).round().max(0.0) as u64, Ordering::Relaxed);
+        self.ru_milli.fetch_add((ru * 1000.0).round().max(0.0) as u64, Ordering::Relaxed);
     }
 
     /// Runs one Cosmos call with transient retries, recording its request charge.
@@ -356,10 +314,7 @@ impl CosmosStore {
                     return Ok(v);
                 }
                 Ok(Err(e)) => {
-                    let ru = e
-                        .response()
-                        .and_then(|r| r.headers().request_charge.map(|c| c.value()))
-                        .unwrap_or(0.0);
+                    let ru = e.response().and_then(|r| r.headers().request_charge.map(|c| c.value())).unwrap_or(0.0);
                     self.charge(ru);
                     let c = classify(&e);
                     tracing::debug!(target: "cosmos", op, ru, attempt, status = %e.status(), "cosmos call failed");
@@ -387,17 +342,10 @@ impl CosmosStore {
         id: &str,
     ) -> StoreResult<Option<(T, String)>> {
         let pk = pk.to_string();
-        match self
-            .call(op, || container.read_item(pk.clone(), id, None))
-            .await
-        {
+        match self.call(op, || container.read_item(pk.clone(), id, None)).await {
             Ok(resp) => {
                 let v: Value = resp.into_model().map_err(internal)?;
-                let etag = v
-                    .get("_etag")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
+                let etag = v.get("_etag").and_then(Value::as_str).unwrap_or_default().to_string();
                 Ok(Some((serde_json::from_value(v).map_err(internal)?, etag)))
             }
             Err(CallError::NotFound) => Ok(None),
@@ -416,10 +364,7 @@ impl CosmosStore {
     ) -> StoreResult<Vec<T>> {
         let mut attempt = 0;
         loop {
-            match self
-                .query_once(container, op, query.clone(), scope.clone(), limit)
-                .await
-            {
+            match self.query_once(container, op, query.clone(), scope.clone(), limit).await {
                 Ok((items, ru)) => {
                     tracing::debug!(target: "cosmos", op, ru, items = items.len(), "cosmos query");
                     return Ok(items);
@@ -443,10 +388,7 @@ impl CosmosStore {
         limit: Option<usize>,
     ) -> Result<(Vec<T>, f64), CallError> {
         let run = async {
-            let it = container
-                .query_items::<T>(query, scope, None)
-                .await
-                .map_err(|e| classify(&e))?;
+            let it = container.query_items::<T>(query, scope, None).await.map_err(|e| classify(&e))?;
             let mut pages = it.into_pages();
             let mut items = Vec::new();
             let mut ru = 0.0;
@@ -455,11 +397,7 @@ impl CosmosStore {
                     let _ = op;
                     classify(&e)
                 })?;
-                let charge = page
-                    .headers()
-                    .request_charge()
-                    .map(|c| c.value())
-                    .unwrap_or(0.0);
+                let charge = page.headers().request_charge().map(|c| c.value()).unwrap_or(0.0);
                 ru += charge;
                 self.charge(charge);
                 items.extend(page.into_items());
@@ -486,9 +424,7 @@ const REPAIR_AFTER: chrono::Duration = chrono::Duration::minutes(2);
 
 /// Background repair of crashed writes (see `customers.rs`); stops when the store is dropped.
 fn spawn_repair_sweep(store: std::sync::Weak<CosmosStore>) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
     rt.spawn(async move {
         let mut tick = tokio::time::interval(REPAIR_EVERY);
         tick.tick().await;
@@ -514,8 +450,7 @@ pub(crate) fn hashed_id(prefix: &str, value: &str) -> String {
 impl super::Health for CosmosStore {
     async fn ready(&self) -> StoreResult<()> {
         // A point read of a document that may or may not exist: 404 is a healthy answer.
-        let _: Option<(Value, String)> =
-            self.read_doc(&self.meta, "ready", "ready", "ready").await?;
+        let _: Option<(Value, String)> = self.read_doc(&self.meta, "ready", "ready", "ready").await?;
         Ok(())
     }
 
@@ -532,9 +467,7 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     fn err(code: StatusCode) -> CosmosError {
-        CosmosError::builder()
-            .with_status(CosmosStatus::new(code))
-            .build()
+        CosmosError::builder().with_status(CosmosStatus::new(code)).build()
     }
 
     #[tokio::test]
@@ -558,25 +491,14 @@ mod tests {
         let out = store
             .call("test", || {
                 let n = calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if n == 0 {
-                        Err(err(StatusCode::ServiceUnavailable))
-                    } else {
-                        Ok((7u8, 2.5))
-                    }
-                }
+                async move { if n == 0 { Err(err(StatusCode::ServiceUnavailable)) } else { Ok((7u8, 2.5)) } }
             })
             .await;
         assert_eq!(out.unwrap().0, 7);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert!((store.request_charge_total() - before - 2.5).abs() < 1e-9);
         // Definitive answers are not retried.
-        for (code, want) in [
-            (StatusCode::NotFound, "NotFound"),
-            (StatusCode::Conflict, "Conflict"),
-            (StatusCode::PreconditionFailed, "PreconditionFailed"),
-            (StatusCode::BadRequest, "Other"),
-        ] {
+        for (code, want) in [(StatusCode::NotFound, "NotFound"), (StatusCode::Conflict, "Conflict"), (StatusCode::PreconditionFailed, "PreconditionFailed"), (StatusCode::BadRequest, "Other")] {
             let calls = AtomicU32::new(0);
             let out = store
                 .call("test", || {
@@ -585,43 +507,18 @@ mod tests {
                 })
                 .await;
             assert_eq!(calls.load(Ordering::SeqCst), 1, "{code:?}");
-            assert!(
-                format!("{:?}", out.unwrap_err()).starts_with(want),
-                "{code:?}"
-            );
+            assert!(format!("{:?}", out.unwrap_err()).starts_with(want), "{code:?}");
         }
     }
 
     #[test]
     fn every_container_in_the_shared_list_is_valid() {
         let file = containers_file().unwrap();
-        for name in [
-            "customers",
-            "uniques",
-            "meta",
-            "clients",
-            "outbox",
-            "idempotency",
-            "webhooks",
-            "jobs",
-            "opportunities",
-        ] {
-            let spec = file
-                .containers
-                .iter()
-                .find(|c| c.name == name)
-                .unwrap_or_else(|| panic!("{name} missing"));
+        for name in ["customers", "uniques", "meta", "clients", "outbox", "idempotency", "webhooks", "jobs", "opportunities"] {
+            let spec = file.containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("{name} missing"));
             spec.properties().unwrap();
         }
-        let idem = file
-            .containers
-            .iter()
-            .find(|c| c.name == "idempotency")
-            .unwrap();
-        assert_eq!(
-            idem.default_ttl,
-            Some(86_400),
-            "idempotency records live 24 h"
-        );
+        let idem = file.containers.iter().find(|c| c.name == "idempotency").unwrap();
+        assert_eq!(idem.default_ttl, Some(86_400), "idempotency records live 24 h");
     }
 }

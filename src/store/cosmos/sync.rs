@@ -65,8 +65,8 @@ use super::customers::{from_micros, if_match, micros};
 use super::insights::put;
 use super::{hashed_id, internal, CallError, CosmosStore};
 use crate::store::{
-    Claim, CustomerStore, IdempotencyRecord, JobStatus, Opportunity, OpportunityQuery,
-    OpportunityWrite, StoreError, StoreResult, SyncEntity, SyncJob, SyncStore,
+    Claim, CustomerStore, IdempotencyRecord, JobStatus, Opportunity, OpportunityQuery, OpportunityWrite, StoreError,
+    StoreResult, SyncEntity, SyncJob, SyncStore,
 };
 use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::models::TransactionalBatch;
@@ -130,9 +130,7 @@ struct StoredJob {
 
 fn job_doc(job: &SyncJob, seq: &str, lease: Option<(&str, i64)>) -> StoreResult<Value> {
     let mut v = serde_json::to_value(job).map_err(internal)?;
-    let m = v
-        .as_object_mut()
-        .ok_or_else(|| internal("job is not an object"))?;
+    let m = v.as_object_mut().ok_or_else(|| internal("job is not an object"))?;
     m.insert("pk".into(), part(job.entity).into());
     m.insert("kind".into(), "job".into());
     m.insert("seq".into(), seq.into());
@@ -143,20 +141,10 @@ fn job_doc(job: &SyncJob, seq: &str, lease: Option<(&str, i64)>) -> StoreResult<
 
 fn stored_job(v: Value) -> StoreResult<StoredJob> {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    let (etag, seq, owner) = (
-        s("_etag").unwrap_or_default(),
-        s("seq").unwrap_or_default(),
-        s("leaseOwner"),
-    );
+    let (etag, seq, owner) = (s("_etag").unwrap_or_default(), s("seq").unwrap_or_default(), s("leaseOwner"));
     let until_us = v.get("leaseUntilUs").and_then(Value::as_i64);
     let job = serde_json::from_value(v).map_err(internal)?;
-    Ok(StoredJob {
-        job,
-        seq,
-        owner,
-        until_us,
-        etag,
-    })
+    Ok(StoredJob { job, seq, owner, until_us, etag })
 }
 
 fn opp_id(external_id: &str) -> String {
@@ -165,9 +153,8 @@ fn opp_id(external_id: &str) -> String {
 
 fn replace_opts(etag: &str) -> Option<azure_data_cosmos::options::BatchReplaceOptions> {
     Some(
-        azure_data_cosmos::options::BatchReplaceOptions::default().with_precondition(
-            azure_data_cosmos::options::Precondition::if_match(etag.to_string()),
-        ),
+        azure_data_cosmos::options::BatchReplaceOptions::default()
+            .with_precondition(azure_data_cosmos::options::Precondition::if_match(etag.to_string())),
     )
 }
 
@@ -183,10 +170,7 @@ impl CosmosStore {
             return Ok(None);
         }
         for e in SyncEntity::ALL {
-            if let Some((v, _)) = self
-                .read_doc::<Value>(&self.jobs, "job.read", &part(e), id)
-                .await?
-            {
+            if let Some((v, _)) = self.read_doc::<Value>(&self.jobs, "job.read", &part(e), id).await? {
                 return stored_job(v).map(Some);
             }
         }
@@ -194,38 +178,23 @@ impl CosmosStore {
     }
 
     async fn read_lock(&self, pk: &str) -> StoreResult<Option<(LockDoc, String)>> {
-        self.read_doc::<LockDoc>(&self.jobs, "job.lock_read", pk, LOCK_ID)
-            .await
+        self.read_doc::<LockDoc>(&self.jobs, "job.lock_read", pk, LOCK_ID).await
     }
 
     /// Runs a transactional batch: Ok(true) when it committed, Ok(false) when it lost an
     /// If-Match/create race (nothing was written), Err for anything else.
-    async fn run_batch(
-        &self,
-        op: &'static str,
-        container: &ContainerClient,
-        batch: TransactionalBatch,
-    ) -> StoreResult<bool> {
-        let resp = self
-            .call(op, || {
-                container.execute_transactional_batch(batch.clone(), None)
-            })
-            .await?;
+    async fn run_batch(&self, op: &'static str, container: &ContainerClient, batch: TransactionalBatch) -> StoreResult<bool> {
+        let resp = self.call(op, || container.execute_transactional_batch(batch.clone(), None)).await?;
         let model = resp.into_model().map_err(internal)?;
         let results = model.results();
         if results.iter().all(|r| r.is_success()) {
             return Ok(true);
         }
-        if results
-            .iter()
-            .any(|r| matches!(r.status_code(), 409 | 412 | 404))
-        {
+        if results.iter().any(|r| matches!(r.status_code(), 409 | 412 | 404)) {
             return Ok(false);
         }
         let codes: Vec<u16> = results.iter().map(|r| r.status_code()).collect();
-        Err(StoreError::Internal(format!(
-            "{op} batch failed: {codes:?}"
-        )))
+        Err(StoreError::Internal(format!("{op} batch failed: {codes:?}")))
     }
 
     /// The id of a customers job queued before `seq` and not finished, if any.
@@ -235,41 +204,21 @@ impl CosmosStore {
         )
         .with_parameter("@seq", seq)
         .map_err(internal)?;
-        let ids: Vec<String> = self
-            .query(
-                &self.jobs,
-                "job.older_customers",
-                q,
-                FeedScope::partition(part(SyncEntity::Customers)),
-                Some(1),
-            )
-            .await?;
+        let ids: Vec<String> =
+            self.query(&self.jobs, "job.older_customers", q, FeedScope::partition(part(SyncEntity::Customers)), Some(1)).await?;
         Ok(ids.into_iter().next())
     }
 
-    async fn claim(
-        &self,
-        id: &str,
-        owner: &str,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> StoreResult<Claim> {
+    async fn claim(&self, id: &str, owner: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> StoreResult<Claim> {
         let now_us = micros(now);
         let live = |u: Option<i64>| u.is_some_and(|u| u > now_us);
         for _ in 0..ATTEMPTS {
-            let Some(s) = self.find_job(id).await? else {
-                return Ok(Claim::NotFound);
-            };
+            let Some(s) = self.find_job(id).await? else { return Ok(Claim::NotFound) };
             if s.job.status.is_finished() {
                 return Ok(Claim::Finished(s.job));
             }
-            if s.job.status == JobStatus::Running
-                && live(s.until_us)
-                && s.owner.as_deref() != Some(owner)
-            {
-                return Ok(Claim::Busy(format!(
-                    "job {id} is being worked by another worker"
-                )));
+            if s.job.status == JobStatus::Running && live(s.until_us) && s.owner.as_deref() != Some(owner) {
+                return Ok(Claim::Busy(format!("job {id} is being worked by another worker")));
             }
             let entity = s.job.entity;
             let pk = part(entity);
@@ -277,10 +226,7 @@ impl CosmosStore {
             if let Some((l, _)) = &lock {
                 if let Some(other) = l.job_id.as_deref().filter(|j| *j != id) {
                     if live(l.lease_until_us) {
-                        return Ok(Claim::Busy(format!(
-                            "job {other} is already running for {}",
-                            entity.as_str()
-                        )));
+                        return Ok(Claim::Busy(format!("job {other} is already running for {}", entity.as_str())));
                     }
                 }
             }
@@ -295,11 +241,8 @@ impl CosmosStore {
             job.started_at.get_or_insert(now);
             let until_us = micros(until);
             let doc = job_doc(&job, &s.seq, Some((owner, until_us)))?;
-            let lock_doc = serde_json::to_value(LockDoc::new(&pk, Some((id, owner, until_us))))
-                .map_err(internal)?;
-            let batch = TransactionalBatch::new(pk.clone())
-                .replace_item(id.to_string(), doc, replace_opts(&s.etag))
-                .map_err(internal)?;
+            let lock_doc = serde_json::to_value(LockDoc::new(&pk, Some((id, owner, until_us)))).map_err(internal)?;
+            let batch = TransactionalBatch::new(pk.clone()).replace_item(id.to_string(), doc, replace_opts(&s.etag)).map_err(internal)?;
             let batch = put(batch, LOCK_ID, lock_doc, lock.map(|l| l.1))?;
             if self.run_batch("job.claim", &self.jobs, batch).await? {
                 return Ok(Claim::Claimed(job));
@@ -309,27 +252,15 @@ impl CosmosStore {
         Ok(Claim::Busy(format!("job {id} is contended")))
     }
 
-    async fn save(
-        &self,
-        job: &SyncJob,
-        owner: &str,
-        until: Option<DateTime<Utc>>,
-    ) -> StoreResult<()> {
+    async fn save(&self, job: &SyncJob, owner: &str, until: Option<DateTime<Utc>>) -> StoreResult<()> {
         if !valid_id(&job.id) {
             return Err(StoreError::NotFound);
         }
         let pk = part(job.entity);
         let finished = job.status.is_finished();
-        let lease = if finished {
-            None
-        } else {
-            until.map(|u| (owner, micros(u)))
-        };
+        let lease = if finished { None } else { until.map(|u| (owner, micros(u))) };
         for _ in 0..ATTEMPTS {
-            let Some((v, _)) = self
-                .read_doc::<Value>(&self.jobs, "job.read", &pk, &job.id)
-                .await?
-            else {
+            let Some((v, _)) = self.read_doc::<Value>(&self.jobs, "job.read", &pk, &job.id).await? else {
                 return Err(StoreError::NotFound);
             };
             let s = stored_job(v)?;
@@ -337,19 +268,13 @@ impl CosmosStore {
                 return Err(StoreError::PreconditionFailed);
             }
             let lock = self.read_lock(&pk).await?;
-            let holds_lock = lock
-                .as_ref()
-                .is_some_and(|(l, _)| l.job_id.as_deref() == Some(job.id.as_str()));
+            let holds_lock = lock.as_ref().is_some_and(|(l, _)| l.job_id.as_deref() == Some(job.id.as_str()));
             if !finished && lease.is_some() && !holds_lock {
                 // Another job of the entity took the lock after this lease expired.
                 return Err(StoreError::PreconditionFailed);
             }
             let mut batch = TransactionalBatch::new(pk.clone())
-                .replace_item(
-                    job.id.clone(),
-                    job_doc(job, &s.seq, lease)?,
-                    replace_opts(&s.etag),
-                )
+                .replace_item(job.id.clone(), job_doc(job, &s.seq, lease)?, replace_opts(&s.etag))
                 .map_err(internal)?;
             if let (true, Some((_, etag))) = (holds_lock, lock) {
                 let held = lease.map(|(o, u)| (job.id.as_str(), o, u));
@@ -357,12 +282,8 @@ impl CosmosStore {
                 batch = put(batch, LOCK_ID, doc, Some(etag))?;
             }
             if let (JobStatus::Completed, Some(hw)) = (job.status, job.high_water) {
-                let current = self
-                    .read_doc::<Value>(&self.jobs, "job.watermark_read", &pk, WATERMARK_ID)
-                    .await?;
-                let old = current
-                    .as_ref()
-                    .and_then(|(v, _)| v.get("updatedAtUs").and_then(Value::as_i64));
+                let current = self.read_doc::<Value>(&self.jobs, "job.watermark_read", &pk, WATERMARK_ID).await?;
+                let old = current.as_ref().and_then(|(v, _)| v.get("updatedAtUs").and_then(Value::as_i64));
                 let doc = json!({
                     "id": WATERMARK_ID, "pk": pk, "kind": "watermark",
                     "updatedAtUs": old.map_or(micros(hw), |o| o.max(micros(hw))),
@@ -373,22 +294,12 @@ impl CosmosStore {
                 return Ok(());
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "job {} is contended",
-            job.id
-        )))
+        Err(StoreError::Unavailable(format!("job {} is contended", job.id)))
     }
 
-    async fn fail(
-        &self,
-        id: &str,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<SyncJob>> {
+    async fn fail(&self, id: &str, reason: &str, now: DateTime<Utc>) -> StoreResult<Option<SyncJob>> {
         for _ in 0..ATTEMPTS {
-            let Some(s) = self.find_job(id).await? else {
-                return Ok(None);
-            };
+            let Some(s) = self.find_job(id).await? else { return Ok(None) };
             if s.job.status.is_finished() {
                 return Ok(Some(s.job));
             }
@@ -398,11 +309,7 @@ impl CosmosStore {
             job.finished_at = Some(now);
             let pk = part(job.entity);
             let mut batch = TransactionalBatch::new(pk.clone())
-                .replace_item(
-                    id.to_string(),
-                    job_doc(&job, &s.seq, None)?,
-                    replace_opts(&s.etag),
-                )
+                .replace_item(id.to_string(), job_doc(&job, &s.seq, None)?, replace_opts(&s.etag))
                 .map_err(internal)?;
             if let Some((l, etag)) = self.read_lock(&pk).await? {
                 if l.job_id.as_deref() == Some(id) {
@@ -418,44 +325,20 @@ impl CosmosStore {
     }
 
     /// Streams `SELECT VALUE 1` and counts (no cross-partition COUNT in the SDK).
-    async fn count(
-        &self,
-        container: &ContainerClient,
-        op: &'static str,
-        q: Query,
-    ) -> StoreResult<u64> {
-        let ones: Vec<Value> = self
-            .query(container, op, q, FeedScope::full_container(), None)
-            .await?;
+    async fn count(&self, container: &ContainerClient, op: &'static str, q: Query) -> StoreResult<u64> {
+        let ones: Vec<Value> = self.query(container, op, q, FeedScope::full_container(), None).await?;
         Ok(ones.len() as u64)
     }
 
-    async fn jobs_query(
-        &self,
-        op: &'static str,
-        text: String,
-        limit: Option<usize>,
-    ) -> StoreResult<Vec<SyncJob>> {
-        let docs: Vec<Value> = self
-            .query(
-                &self.jobs,
-                op,
-                Query::from(text),
-                FeedScope::full_container(),
-                limit,
-            )
-            .await?;
-        docs.into_iter()
-            .map(|d| stored_job(d).map(|s| s.job))
-            .collect()
+    async fn jobs_query(&self, op: &'static str, text: String, limit: Option<usize>) -> StoreResult<Vec<SyncJob>> {
+        let docs: Vec<Value> = self.query(&self.jobs, op, Query::from(text), FeedScope::full_container(), limit).await?;
+        docs.into_iter().map(|d| stored_job(d).map(|s| s.job)).collect()
     }
 
     async fn upsert_opportunity(&self, o: &Opportunity) -> StoreResult<()> {
         let id = opp_id(&o.external_id);
         for _ in 0..ATTEMPTS {
-            let current = self
-                .read_doc::<Value>(&self.opportunities, "opportunity.read", &id, &id)
-                .await?;
+            let current = self.read_doc::<Value>(&self.opportunities, "opportunity.read", &id, &id).await?;
             let seq = current
                 .as_ref()
                 .and_then(|(v, _)| v.get("seq").and_then(Value::as_str).map(str::to_string))
@@ -471,17 +354,11 @@ impl CosmosStore {
             });
             let pk = id.clone();
             let out = match &current {
-                None => {
-                    self.call("opportunity.create", || {
-                        self.opportunities.create_item(pk.clone(), &id, &doc, None)
-                    })
-                    .await
-                }
+                None => self.call("opportunity.create", || self.opportunities.create_item(pk.clone(), &id, &doc, None)).await,
                 Some((_, etag)) => {
                     let opts = if_match(etag);
                     self.call("opportunity.replace", || {
-                        self.opportunities
-                            .replace_item(pk.clone(), &id, &doc, Some(opts.clone()))
+                        self.opportunities.replace_item(pk.clone(), &id, &doc, Some(opts.clone()))
                     })
                     .await
                 }
@@ -498,16 +375,9 @@ impl CosmosStore {
 }
 
 fn opportunity_of(doc: Value) -> StoreResult<Opportunity> {
-    let o = doc
-        .get("opportunity")
-        .cloned()
-        .ok_or_else(|| internal("opportunity document without opportunity"))?;
+    let o = doc.get("opportunity").cloned().ok_or_else(|| internal("opportunity document without opportunity"))?;
     let mut o: Opportunity = serde_json::from_value(o).map_err(internal)?;
-    if let Some(n) = doc
-        .get("amountText")
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse::<serde_json::Number>().ok())
-    {
+    if let Some(n) = doc.get("amountText").and_then(Value::as_str).and_then(|t| t.parse::<serde_json::Number>().ok()) {
         o.amount = n;
     }
     Ok(o)
@@ -515,11 +385,7 @@ fn opportunity_of(doc: Value) -> StoreResult<Opportunity> {
 
 #[async_trait::async_trait]
 impl SyncStore for CosmosStore {
-    async fn insert_sync_job(
-        &self,
-        job: &SyncJob,
-        idempotency: Option<IdempotencyRecord>,
-    ) -> StoreResult<()> {
+    async fn insert_sync_job(&self, job: &SyncJob, idempotency: Option<IdempotencyRecord>) -> StoreResult<()> {
         if !valid_id(&job.id) {
             return Err(StoreError::Internal(format!("invalid job id {:?}", job.id)));
         }
@@ -530,12 +396,7 @@ impl SyncStore for CosmosStore {
         };
         let pk = part(job.entity);
         let doc = job_doc(job, &new_seq(), None)?;
-        match self
-            .call("job.create", || {
-                self.jobs.create_item(pk.clone(), &job.id, &doc, None)
-            })
-            .await
-        {
+        match self.call("job.create", || self.jobs.create_item(pk.clone(), &job.id, &doc, None)).await {
             // 409: job ids are fresh ULIDs, so an existing one is our own retried create.
             Ok(_) | Err(CallError::Conflict) => Ok(()),
             Err(e) => {
@@ -552,11 +413,7 @@ impl SyncStore for CosmosStore {
     }
 
     async fn list_sync_jobs(&self, offset: u64, limit: u32) -> StoreResult<(Vec<SyncJob>, u64)> {
-        let total = self.count(
-            &self.jobs,
-            "job.count",
-            Query::from("SELECT VALUE 1 FROM c WHERE c.kind = 'job'"),
-        );
+        let total = self.count(&self.jobs, "job.count", Query::from("SELECT VALUE 1 FROM c WHERE c.kind = 'job'"));
         let page = async {
             if limit == 0 {
                 return Ok(Vec::new());
@@ -565,8 +422,7 @@ impl SyncStore for CosmosStore {
                 "SELECT * FROM c WHERE c.kind = 'job' ORDER BY c.seq DESC OFFSET {} LIMIT {limit}",
                 offset.min(i64::MAX as u64)
             );
-            self.jobs_query("job.list", text, Some(limit as usize))
-                .await
+            self.jobs_query("job.list", text, Some(limit as usize)).await
         };
         let (total, items) = futures::future::try_join(total, page).await?;
         Ok((items, total))
@@ -574,73 +430,40 @@ impl SyncStore for CosmosStore {
 
     async fn unfinished_sync_jobs(&self) -> StoreResult<Vec<SyncJob>> {
         let text = "SELECT * FROM c WHERE c.kind = 'job' AND (c.status = 'queued' OR c.status = 'running') ORDER BY c.seq ASC";
-        self.jobs_query("job.unfinished", text.to_string(), None)
-            .await
+        self.jobs_query("job.unfinished", text.to_string(), None).await
     }
 
-    async fn claim_sync_job(
-        &self,
-        id: &str,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Claim> {
+    async fn claim_sync_job(&self, id: &str, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> StoreResult<Claim> {
         self.claim(id, owner, now, lease_until).await
     }
 
     // On Cosmos the job and the outbox are different containers: the terminal event is published
     // right after the job's batch commits, with a fixed id, so a retry publishes it once; a crash
     // in between loses that one event (SQLite writes both in one transaction).
-    async fn save_sync_job(
-        &self,
-        job: &SyncJob,
-        owner: &str,
-        lease_until: Option<DateTime<Utc>>,
-    ) -> StoreResult<()> {
+    async fn save_sync_job(&self, job: &SyncJob, owner: &str, lease_until: Option<DateTime<Utc>>) -> StoreResult<()> {
         self.save(job, owner, lease_until).await?;
         if let Some(e) = job.terminal_event() {
-            self.publish_event(&e, e.timestamp.timestamp_micros(), 0)
-                .await?;
+            self.publish_event(&e, e.timestamp.timestamp_micros(), 0).await?;
         }
         Ok(())
     }
 
-    async fn fail_sync_job(
-        &self,
-        id: &str,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<SyncJob>> {
+    async fn fail_sync_job(&self, id: &str, reason: &str, now: DateTime<Utc>) -> StoreResult<Option<SyncJob>> {
         let job = self.fail(id, reason, now).await?;
         if let Some(e) = job.as_ref().and_then(SyncJob::terminal_event) {
-            self.publish_event(&e, e.timestamp.timestamp_micros(), 0)
-                .await?;
+            self.publish_event(&e, e.timestamp.timestamp_micros(), 0).await?;
         }
         Ok(job)
     }
 
     async fn sync_watermark(&self, entity: SyncEntity) -> StoreResult<Option<DateTime<Utc>>> {
-        let doc = self
-            .read_doc::<Value>(
-                &self.jobs,
-                "job.watermark_read",
-                &part(entity),
-                WATERMARK_ID,
-            )
-            .await?;
-        Ok(doc
-            .and_then(|(v, _)| v.get("updatedAtUs").and_then(Value::as_i64))
-            .map(from_micros))
+        let doc = self.read_doc::<Value>(&self.jobs, "job.watermark_read", &part(entity), WATERMARK_ID).await?;
+        Ok(doc.and_then(|(v, _)| v.get("updatedAtUs").and_then(Value::as_i64)).map(from_micros))
     }
 
-    async fn find_opportunity_by_external_id(
-        &self,
-        external_id: &str,
-    ) -> StoreResult<Option<Opportunity>> {
+    async fn find_opportunity_by_external_id(&self, external_id: &str) -> StoreResult<Option<Opportunity>> {
         let id = opp_id(external_id);
-        let doc = self
-            .read_doc::<Value>(&self.opportunities, "opportunity.read", &id, &id)
-            .await?;
+        let doc = self.read_doc::<Value>(&self.opportunities, "opportunity.read", &id, &id).await?;
         doc.map(|(v, _)| opportunity_of(v)).transpose()
     }
 
@@ -653,16 +476,9 @@ impl SyncStore for CosmosStore {
         self.upsert_opportunity(&w.opportunity).await
     }
 
-    async fn list_opportunities(
-        &self,
-        q: &OpportunityQuery,
-    ) -> StoreResult<(Vec<Opportunity>, u64)> {
+    async fn list_opportunities(&self, q: &OpportunityQuery) -> StoreResult<(Vec<Opportunity>, u64)> {
         let key = q.customer_external_id.as_ref().map(|k| k.to_lowercase());
-        let filter = if key.is_some() {
-            "c.customerExtKey = @k"
-        } else {
-            "IS_DEFINED(c.seq)"
-        };
+        let filter = if key.is_some() { "c.customerExtKey = @k" } else { "IS_DEFINED(c.seq)" };
         let with_key = |text: String| -> StoreResult<Query> {
             let query = Query::from(text);
             match &key {
@@ -670,11 +486,7 @@ impl SyncStore for CosmosStore {
                 None => Ok(query),
             }
         };
-        let total = self.count(
-            &self.opportunities,
-            "opportunity.count",
-            with_key(format!("SELECT VALUE 1 FROM c WHERE {filter}"))?,
-        );
+        let total = self.count(&self.opportunities, "opportunity.count", with_key(format!("SELECT VALUE 1 FROM c WHERE {filter}"))?);
         let page_query = with_key(format!(
             "SELECT * FROM c WHERE {filter} ORDER BY c.seq DESC OFFSET {} LIMIT {}",
             q.offset.min(i64::MAX as u64),
@@ -685,17 +497,9 @@ impl SyncStore for CosmosStore {
                 return Ok(Vec::new());
             }
             let docs: Vec<Value> = self
-                .query(
-                    &self.opportunities,
-                    "opportunity.list",
-                    page_query,
-                    FeedScope::full_container(),
-                    Some(q.limit as usize),
-                )
+                .query(&self.opportunities, "opportunity.list", page_query, FeedScope::full_container(), Some(q.limit as usize))
                 .await?;
-            docs.into_iter()
-                .map(opportunity_of)
-                .collect::<StoreResult<Vec<_>>>()
+            docs.into_iter().map(opportunity_of).collect::<StoreResult<Vec<_>>>()
         };
         let (total, items) = futures::future::try_join(total, page).await?;
         Ok((items, total))

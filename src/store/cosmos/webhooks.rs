@@ -27,8 +27,8 @@
 //! they wrote before a 412 is believed.
 use super::{internal, CallError, CosmosStore};
 use crate::store::{
-    AttemptResult, DeliveryStatus, OutboxEvent, StoreError, StoreResult, WebhookDelivery,
-    WebhookStore, WebhookSubscription,
+    AttemptResult, DeliveryStatus, OutboxEvent, StoreError, StoreResult, WebhookDelivery, WebhookStore,
+    WebhookSubscription,
 };
 use azure_data_cosmos::options::{ItemWriteOptions, Precondition};
 use azure_data_cosmos::{FeedScope, Query};
@@ -233,20 +233,9 @@ enum Replaced {
 }
 
 impl CosmosStore {
-    async fn replace_delivery(
-        &self,
-        op: &'static str,
-        d: &DeliveryDoc,
-        etag: &str,
-    ) -> StoreResult<Replaced> {
+    async fn replace_delivery(&self, op: &'static str, d: &DeliveryDoc, etag: &str) -> StoreResult<Replaced> {
         let opts = if_match(etag);
-        match self
-            .call(op, || {
-                self.webhooks
-                    .replace_item(d.pk.clone(), &d.id, d, Some(opts.clone()))
-            })
-            .await
-        {
+        match self.call(op, || self.webhooks.replace_item(d.pk.clone(), &d.id, d, Some(opts.clone()))).await {
             Ok(_) => Ok(Replaced::Done),
             Err(CallError::PreconditionFailed) => Ok(Replaced::Lost),
             Err(CallError::NotFound) => Ok(Replaced::Gone),
@@ -255,32 +244,19 @@ impl CosmosStore {
     }
 
     async fn read_delivery_doc(&self, pk: &str, id: &str) -> StoreResult<Option<DeliveryDoc>> {
-        Ok(self
-            .read_doc::<DeliveryDoc>(&self.webhooks, "webhook.delivery.read", pk, id)
-            .await?
-            .map(|(mut d, etag)| {
-                d.etag = etag;
-                d
-            }))
+        Ok(self.read_doc::<DeliveryDoc>(&self.webhooks, "webhook.delivery.read", pk, id).await?.map(|(mut d, etag)| {
+            d.etag = etag;
+            d
+        }))
     }
 
     /// A subscription's delivery by its public id (single-partition query).
-    async fn find_delivery(
-        &self,
-        subscription_id: &str,
-        delivery_id: &str,
-    ) -> StoreResult<Option<DeliveryDoc>> {
+    async fn find_delivery(&self, subscription_id: &str, delivery_id: &str) -> StoreResult<Option<DeliveryDoc>> {
         let q = Query::from("SELECT * FROM c WHERE c.kind = 'delivery' AND c.deliveryId = @d")
             .with_parameter("@d", delivery_id)
             .map_err(internal)?;
         let docs: Vec<DeliveryDoc> = self
-            .query(
-                &self.webhooks,
-                "webhook.delivery.find",
-                q,
-                FeedScope::partition(deliveries_pk(subscription_id)),
-                Some(1),
-            )
+            .query(&self.webhooks, "webhook.delivery.find", q, FeedScope::partition(deliveries_pk(subscription_id)), Some(1))
             .await?;
         Ok(docs.into_iter().next())
     }
@@ -290,59 +266,31 @@ impl CosmosStore {
         let q = Query::from("SELECT * FROM c WHERE c.deliveryId = @d AND c.kind = 'delivery'")
             .with_parameter("@d", delivery_id)
             .map_err(internal)?;
-        let docs: Vec<DeliveryDoc> = self
-            .query(
-                &self.webhooks,
-                "webhook.delivery.find_any",
-                q,
-                FeedScope::full_container(),
-                Some(1),
-            )
-            .await?;
+        let docs: Vec<DeliveryDoc> =
+            self.query(&self.webhooks, "webhook.delivery.find_any", q, FeedScope::full_container(), Some(1)).await?;
         Ok(docs.into_iter().next())
     }
 
     async fn subscription_ids(&self) -> StoreResult<HashSet<String>> {
         let q = Query::from("SELECT VALUE c.id FROM c WHERE c.kind = 'subscription'");
-        let ids: Vec<String> = self
-            .query(
-                &self.webhooks,
-                "webhook.subscription.ids",
-                q,
-                FeedScope::partition(SUBSCRIPTIONS_PK),
-                None,
-            )
-            .await?;
+        let ids: Vec<String> =
+            self.query(&self.webhooks, "webhook.subscription.ids", q, FeedScope::partition(SUBSCRIPTIONS_PK), None).await?;
         Ok(ids.into_iter().collect())
     }
 
     async fn delete_delivery_doc(&self, pk: &str, id: &str) -> StoreResult<()> {
-        match self
-            .call("webhook.delivery.delete", || {
-                self.webhooks.delete_item(pk.to_string(), id, None)
-            })
-            .await
-        {
+        match self.call("webhook.delivery.delete", || self.webhooks.delete_item(pk.to_string(), id, None)).await {
             Ok(_) | Err(CallError::NotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
     /// Leases one candidate to `owner`; None when another instance got it first (or it is gone).
-    async fn lease(
-        &self,
-        mut d: DeliveryDoc,
-        owner: &str,
-        now_us: i64,
-        until_us: i64,
-    ) -> StoreResult<Option<DeliveryDoc>> {
+    async fn lease(&self, mut d: DeliveryDoc, owner: &str, now_us: i64, until_us: i64) -> StoreResult<Option<DeliveryDoc>> {
         let etag = std::mem::take(&mut d.etag);
         d.lease_owner = Some(owner.to_string());
         d.lease_until_us = until_us;
-        match self
-            .replace_delivery("webhook.delivery.claim", &d, &etag)
-            .await?
-        {
+        match self.replace_delivery("webhook.delivery.claim", &d, &etag).await? {
             Replaced::Done => Ok(Some(d)),
             Replaced::Gone => Ok(None),
             Replaced::Lost => {
@@ -361,52 +309,22 @@ impl CosmosStore {
     /// Sets `dispatched` on the outbox documents of `ids` (one cross-partition query, then a
     /// replace per event still without it).
     async fn mark_dispatched(&self, ids: &[String]) -> StoreResult<()> {
-        let q = Query::from("SELECT * FROM c WHERE ARRAY_CONTAINS(@ids, c.id)")
-            .with_parameter("@ids", ids)
-            .map_err(internal)?;
-        let docs: Vec<Value> = self
-            .query(
-                &self.outbox,
-                "outbox.dispatched_scan",
-                q,
-                FeedScope::full_container(),
-                None,
-            )
-            .await?;
+        let q = Query::from("SELECT * FROM c WHERE ARRAY_CONTAINS(@ids, c.id)").with_parameter("@ids", ids).map_err(internal)?;
+        let docs: Vec<Value> = self.query(&self.outbox, "outbox.dispatched_scan", q, FeedScope::full_container(), None).await?;
         let now = micros(Utc::now());
         let results: Vec<StoreResult<()>> = futures::stream::iter(docs)
-            .filter(|d| {
-                std::future::ready(d.get("dispatched").and_then(Value::as_bool) != Some(true))
-            })
+            .filter(|d| std::future::ready(d.get("dispatched").and_then(Value::as_bool) != Some(true)))
             .map(|mut d| async move {
-                let etag = d
-                    .get("_etag")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                let id = d
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                let pk = d
-                    .get("pk")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
+                let etag = d.get("_etag").and_then(Value::as_str).unwrap_or_default().to_string();
+                let id = d.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                let pk = d.get("pk").and_then(Value::as_str).unwrap_or_default().to_string();
                 if let Some(m) = d.as_object_mut() {
                     m.retain(|k, _| !k.starts_with('_'));
                     m.insert("dispatched".into(), true.into());
                     m.insert("dispatchedAtUs".into(), now.into());
                 }
                 let opts = if_match(&etag);
-                match self
-                    .call("outbox.mark_dispatched", || {
-                        self.outbox
-                            .replace_item(pk.clone(), &id, &d, Some(opts.clone()))
-                    })
-                    .await
-                {
+                match self.call("outbox.mark_dispatched", || self.outbox.replace_item(pk.clone(), &id, &d, Some(opts.clone()))).await {
                     // 412: only marking changes an outbox document, so someone else marked it;
                     // 404: it expired (TTL).
                     Ok(_) | Err(CallError::PreconditionFailed) | Err(CallError::NotFound) => Ok(()),
@@ -424,49 +342,25 @@ impl CosmosStore {
 impl WebhookStore for CosmosStore {
     async fn create_subscription(&self, s: &WebhookSubscription) -> StoreResult<()> {
         let doc = SubDoc::new(s);
-        match self
-            .call("webhook.subscription.create", || {
-                self.webhooks
-                    .create_item(SUBSCRIPTIONS_PK, &s.id, &doc, None)
-            })
-            .await
-        {
+        match self.call("webhook.subscription.create", || self.webhooks.create_item(SUBSCRIPTIONS_PK, &s.id, &doc, None)).await {
             Ok(_) => Ok(()),
             Err(CallError::Conflict) => match self.get_subscription(&s.id).await? {
                 // A retried create that had succeeded reads back identical.
                 Some(existing) if existing == *s => Ok(()),
-                _ => Err(StoreError::Conflict {
-                    field: "id",
-                    existing_id: s.id.clone(),
-                }),
+                _ => Err(StoreError::Conflict { field: "id", existing_id: s.id.clone() }),
             },
             Err(e) => Err(e.into()),
         }
     }
 
     async fn get_subscription(&self, id: &str) -> StoreResult<Option<WebhookSubscription>> {
-        Ok(self
-            .read_doc::<SubDoc>(
-                &self.webhooks,
-                "webhook.subscription.read",
-                SUBSCRIPTIONS_PK,
-                id,
-            )
-            .await?
-            .map(|(d, _)| d.model()))
+        Ok(self.read_doc::<SubDoc>(&self.webhooks, "webhook.subscription.read", SUBSCRIPTIONS_PK, id).await?.map(|(d, _)| d.model()))
     }
 
     async fn list_subscriptions(&self) -> StoreResult<Vec<WebhookSubscription>> {
         let q = Query::from("SELECT * FROM c WHERE c.kind = 'subscription'");
-        let mut docs: Vec<SubDoc> = self
-            .query(
-                &self.webhooks,
-                "webhook.subscription.list",
-                q,
-                FeedScope::partition(SUBSCRIPTIONS_PK),
-                None,
-            )
-            .await?;
+        let mut docs: Vec<SubDoc> =
+            self.query(&self.webhooks, "webhook.subscription.list", q, FeedScope::partition(SUBSCRIPTIONS_PK), None).await?;
         docs.sort_by(|a, b| a.seq.cmp(&b.seq).then_with(|| a.id.cmp(&b.id)));
         Ok(docs.into_iter().map(SubDoc::model).collect())
     }
@@ -477,27 +371,14 @@ impl WebhookStore for CosmosStore {
         }
         // The subscription first: from then on no instance fans out to it, and deliveries a
         // fan-out still in flight creates are removed by the claim pass (see below).
-        match self
-            .call("webhook.subscription.delete", || {
-                self.webhooks.delete_item(SUBSCRIPTIONS_PK, id, None)
-            })
-            .await
-        {
+        match self.call("webhook.subscription.delete", || self.webhooks.delete_item(SUBSCRIPTIONS_PK, id, None)).await {
             Ok(_) => {}
             Err(CallError::NotFound) => return Err(StoreError::NotFound),
             Err(e) => return Err(e.into()),
         }
         let pk = deliveries_pk(id);
         let q = Query::from("SELECT VALUE c.id FROM c");
-        let ids: Vec<String> = self
-            .query(
-                &self.webhooks,
-                "webhook.delivery.ids",
-                q,
-                FeedScope::partition(pk.clone()),
-                None,
-            )
-            .await?;
+        let ids: Vec<String> = self.query(&self.webhooks, "webhook.delivery.ids", q, FeedScope::partition(pk.clone()), None).await?;
         let results: Vec<StoreResult<()>> = futures::stream::iter(ids)
             .map(|doc_id| {
                 let pk = pk.clone();
@@ -516,37 +397,17 @@ impl WebhookStore for CosmosStore {
         let q = Query::from(format!(
             "SELECT * FROM c WHERE c.dispatched = false ORDER BY c.dispatched ASC, c.ord ASC OFFSET 0 LIMIT {limit}"
         ));
-        let docs: Vec<Value> = self
-            .query(
-                &self.outbox,
-                "outbox.to_fan_out",
-                q,
-                FeedScope::full_container(),
-                Some(limit as usize),
-            )
-            .await?;
+        let docs: Vec<Value> =
+            self.query(&self.outbox, "outbox.to_fan_out", q, FeedScope::full_container(), Some(limit as usize)).await?;
         docs.into_iter().map(strip_outbox).collect()
     }
 
-    async fn fan_out(
-        &self,
-        deliveries: Vec<WebhookDelivery>,
-        events: &[String],
-    ) -> StoreResult<()> {
+    async fn fan_out(&self, deliveries: Vec<WebhookDelivery>, events: &[String]) -> StoreResult<()> {
         let now = micros(Utc::now());
-        let docs: Vec<DeliveryDoc> = deliveries
-            .iter()
-            .enumerate()
-            .map(|(i, d)| DeliveryDoc::new(d, seq(now, i)))
-            .collect();
+        let docs: Vec<DeliveryDoc> = deliveries.iter().enumerate().map(|(i, d)| DeliveryDoc::new(d, seq(now, i))).collect();
         let results: Vec<StoreResult<()>> = futures::stream::iter(docs)
             .map(|d: DeliveryDoc| async move {
-                match self
-                    .call("webhook.delivery.create", || {
-                        self.webhooks.create_item(d.pk.clone(), &d.id, &d, None)
-                    })
-                    .await
-                {
+                match self.call("webhook.delivery.create", || self.webhooks.create_item(d.pk.clone(), &d.id, &d, None)).await {
                     // 409: this (subscription, event) already has its delivery.
                     Ok(_) | Err(CallError::Conflict) => Ok(()),
                     Err(e) => Err(e.into()),
@@ -582,15 +443,8 @@ impl WebhookStore for CosmosStore {
         ))
         .with_parameter("@now", now_us)
         .map_err(internal)?;
-        let candidates: Vec<DeliveryDoc> = self
-            .query(
-                &self.webhooks,
-                "webhook.delivery.due",
-                q,
-                FeedScope::full_container(),
-                Some(want as usize),
-            )
-            .await?;
+        let candidates: Vec<DeliveryDoc> =
+            self.query(&self.webhooks, "webhook.delivery.due", q, FeedScope::full_container(), Some(want as usize)).await?;
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
@@ -609,8 +463,7 @@ impl WebhookStore for CosmosStore {
         let mut rest = live.into_iter();
         // Lease in parallel, in waves, until `limit` are held or the candidates run out.
         while (claimed.len() as u32) < limit {
-            let wave: Vec<DeliveryDoc> =
-                rest.by_ref().take(limit as usize - claimed.len()).collect();
+            let wave: Vec<DeliveryDoc> = rest.by_ref().take(limit as usize - claimed.len()).collect();
             if wave.is_empty() {
                 break;
             }
@@ -629,17 +482,9 @@ impl WebhookStore for CosmosStore {
         Ok(claimed)
     }
 
-    async fn record_attempt(
-        &self,
-        delivery_id: &str,
-        owner: &str,
-        r: &AttemptResult,
-    ) -> StoreResult<bool> {
+    async fn record_attempt(&self, delivery_id: &str, owner: &str, r: &AttemptResult) -> StoreResult<bool> {
         let hinted = match self.leased.take(delivery_id) {
-            Some((pk, id)) => self
-                .read_delivery_doc(&pk, &id)
-                .await?
-                .filter(|d| d.delivery_id == delivery_id),
+            Some((pk, id)) => self.read_delivery_doc(&pk, &id).await?.filter(|d| d.delivery_id == delivery_id),
             None => None,
         };
         let found = match hinted {
@@ -652,9 +497,7 @@ impl WebhookStore for CosmosStore {
             if d.lease_owner.as_deref() != Some(owner) {
                 // Lost the lease — or, after a 412, this is our own replace, retried by the SDK
                 // after it had landed.
-                return Ok(after_412
-                    && d.last_attempt_by.as_deref() == Some(owner)
-                    && d.last_attempt_at_us == Some(micros(r.at)));
+                return Ok(after_412 && d.last_attempt_by.as_deref() == Some(owner) && d.last_attempt_at_us == Some(micros(r.at)));
             }
             let etag = std::mem::take(&mut d.etag);
             d.status = r.status;
@@ -672,10 +515,7 @@ impl WebhookStore for CosmosStore {
             }
             d.lease_owner = None;
             d.lease_until_us = 0;
-            match self
-                .replace_delivery("webhook.delivery.record", &d, &etag)
-                .await?
-            {
+            match self.replace_delivery("webhook.delivery.record", &d, &etag).await? {
                 Replaced::Done => return Ok(true),
                 Replaced::Gone => return Ok(false),
                 Replaced::Lost => match self.read_delivery_doc(&d.pk, &d.id).await? {
@@ -690,11 +530,7 @@ impl WebhookStore for CosmosStore {
         Err(StoreError::Unavailable("contended webhook delivery".into()))
     }
 
-    async fn list_deliveries(
-        &self,
-        subscription_id: &str,
-        limit: u32,
-    ) -> StoreResult<Vec<WebhookDelivery>> {
+    async fn list_deliveries(&self, subscription_id: &str, limit: u32) -> StoreResult<Vec<WebhookDelivery>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -702,37 +538,17 @@ impl WebhookStore for CosmosStore {
             "SELECT * FROM c WHERE c.kind = 'delivery' ORDER BY c.seq DESC OFFSET 0 LIMIT {limit}"
         ));
         let docs: Vec<DeliveryDoc> = self
-            .query(
-                &self.webhooks,
-                "webhook.delivery.list",
-                q,
-                FeedScope::partition(deliveries_pk(subscription_id)),
-                Some(limit as usize),
-            )
+            .query(&self.webhooks, "webhook.delivery.list", q, FeedScope::partition(deliveries_pk(subscription_id)), Some(limit as usize))
             .await?;
         Ok(docs.iter().map(DeliveryDoc::model).collect())
     }
 
-    async fn get_delivery(
-        &self,
-        subscription_id: &str,
-        delivery_id: &str,
-    ) -> StoreResult<Option<WebhookDelivery>> {
-        Ok(self
-            .find_delivery(subscription_id, delivery_id)
-            .await?
-            .map(|d| d.model()))
+    async fn get_delivery(&self, subscription_id: &str, delivery_id: &str) -> StoreResult<Option<WebhookDelivery>> {
+        Ok(self.find_delivery(subscription_id, delivery_id).await?.map(|d| d.model()))
     }
 
-    async fn redeliver(
-        &self,
-        subscription_id: &str,
-        delivery_id: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<WebhookDelivery> {
-        let Some(mut d) = self.find_delivery(subscription_id, delivery_id).await? else {
-            return Err(StoreError::NotFound);
-        };
+    async fn redeliver(&self, subscription_id: &str, delivery_id: &str, now: DateTime<Utc>) -> StoreResult<WebhookDelivery> {
+        let Some(mut d) = self.find_delivery(subscription_id, delivery_id).await? else { return Err(StoreError::NotFound) };
         for _ in 0..RMW_ATTEMPTS {
             let etag = std::mem::take(&mut d.etag);
             d.status = DeliveryStatus::Pending;
@@ -740,10 +556,7 @@ impl WebhookStore for CosmosStore {
             d.next_attempt_at_us = Some(micros(now));
             d.lease_owner = None;
             d.lease_until_us = 0;
-            match self
-                .replace_delivery("webhook.delivery.redeliver", &d, &etag)
-                .await?
-            {
+            match self.replace_delivery("webhook.delivery.redeliver", &d, &etag).await? {
                 Replaced::Done => return Ok(d.model()),
                 Replaced::Gone => return Err(StoreError::NotFound),
                 Replaced::Lost => match self.read_delivery_doc(&d.pk, &d.id).await? {
@@ -801,43 +614,16 @@ mod tests {
         let seen_by_b = store.find_delivery(&sub.id, &d.id).await.unwrap().unwrap();
         assert_eq!(seen_by_a.etag, seen_by_b.etag);
         let (now_us, until_us) = (micros(now), micros(now + Duration::minutes(2)));
-        assert!(store
-            .lease(seen_by_a, "a", now_us, until_us)
-            .await
-            .unwrap()
-            .is_some());
-        assert!(
-            store
-                .lease(seen_by_b, "b", now_us, until_us)
-                .await
-                .unwrap()
-                .is_none(),
-            "b's read was stale"
-        );
+        assert!(store.lease(seen_by_a, "a", now_us, until_us).await.unwrap().is_some());
+        assert!(store.lease(seen_by_b, "b", now_us, until_us).await.unwrap().is_none(), "b's read was stale");
         let stored = store.find_delivery(&sub.id, &d.id).await.unwrap().unwrap();
-        assert_eq!(
-            (stored.lease_owner.as_deref(), stored.lease_until_us),
-            (Some("a"), until_us)
-        );
+        assert_eq!((stored.lease_owner.as_deref(), stored.lease_until_us), (Some("a"), until_us));
         // A second pass at the same time finds nothing free.
-        assert!(store
-            .claim_due_deliveries(now, now + Duration::minutes(2), "c", 10)
-            .await
-            .unwrap()
-            .is_empty());
-        let r = AttemptResult {
-            at: now,
-            status_code: Some(204),
-            error: None,
-            status: DeliveryStatus::Delivered,
-            next_attempt_at: None,
-        };
+        assert!(store.claim_due_deliveries(now, now + Duration::minutes(2), "c", 10).await.unwrap().is_empty());
+        let r = AttemptResult { at: now, status_code: Some(204), error: None, status: DeliveryStatus::Delivered, next_attempt_at: None };
         assert!(!store.record_attempt(&d.id, "b", &r).await.unwrap());
         assert!(store.record_attempt(&d.id, "a", &r).await.unwrap());
         let stored = store.find_delivery(&sub.id, &d.id).await.unwrap().unwrap();
-        assert_eq!(
-            (stored.status, stored.attempts, stored.lease_owner),
-            (DeliveryStatus::Delivered, 1, None)
-        );
+        assert_eq!((stored.status, stored.attempts, stored.lease_owner), (DeliveryStatus::Delivered, 1, None));
     }
 }

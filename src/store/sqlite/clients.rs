@@ -13,17 +13,11 @@ impl ClientStore for SqliteStore {
         let doc = serde_json::to_string(c).map_err(internal)?;
         let (id, created) = (c.id.clone(), c.created_at.to_rfc3339());
         self.write(move |conn| {
-            conn.execute(
-                "INSERT INTO clients (id, created_at, doc) VALUES (?1, ?2, ?3)",
-                params![id, created, doc],
-            )
-            .map_err(|e| match e.to_string().contains("UNIQUE") {
-                true => StoreError::Conflict {
-                    field: "id",
-                    existing_id: id.clone(),
-                },
-                false => e.into(),
-            })?;
+            conn.execute("INSERT INTO clients (id, created_at, doc) VALUES (?1, ?2, ?3)", params![id, created, doc])
+                .map_err(|e| match e.to_string().contains("UNIQUE") {
+                    true => StoreError::Conflict { field: "id", existing_id: id.clone() },
+                    false => e.into(),
+                })?;
             Ok(())
         })
         .await
@@ -36,22 +30,16 @@ impl ClientStore for SqliteStore {
                 .prepare_cached("SELECT doc FROM clients WHERE id = ?1")?
                 .query_row([id], |r| r.get(0))
                 .optional()?;
-            doc.map(|d| serde_json::from_str(&d).map_err(internal))
-                .transpose()
+            doc.map(|d| serde_json::from_str(&d).map_err(internal)).transpose()
         })
         .await
     }
 
     async fn list_clients(&self) -> StoreResult<Vec<Client>> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT doc FROM clients ORDER BY created_at, id")?;
-            let docs = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            docs.iter()
-                .map(|d| serde_json::from_str(d).map_err(internal))
-                .collect()
+            let mut stmt = conn.prepare_cached("SELECT doc FROM clients ORDER BY created_at, id")?;
+            let docs = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            docs.iter().map(|d| serde_json::from_str(d).map_err(internal)).collect()
         })
         .await
     }
@@ -59,14 +47,9 @@ impl ClientStore for SqliteStore {
     async fn update_client(&self, c: &Client) -> StoreResult<()> {
         let doc = serde_json::to_string(c).map_err(internal)?;
         let id = c.id.clone();
-        self.write(move |conn| {
-            match conn.execute(
-                "UPDATE clients SET doc = ?2 WHERE id = ?1",
-                params![id, doc],
-            )? {
-                0 => Err(StoreError::NotFound),
-                _ => Ok(()),
-            }
+        self.write(move |conn| match conn.execute("UPDATE clients SET doc = ?2 WHERE id = ?1", params![id, doc])? {
+            0 => Err(StoreError::NotFound),
+            _ => Ok(()),
         })
         .await
     }

@@ -2,8 +2,8 @@
 use super::{internal, SqliteStore};
 use crate::domain::{Customer, StageChange};
 use crate::store::{
-    CustomerPage, CustomerStore, CustomerWrite, IdempotencyRecord, ListQuery, Order, OutboxEvent,
-    SortField, SortKey, Start, StoreError, StoreResult, SummaryPage, WriteKind,
+    CustomerPage, CustomerStore, CustomerWrite, IdempotencyRecord, ListQuery, Order, OutboxEvent, SortField, SortKey,
+    Start, StoreError, StoreResult, SummaryPage, WriteKind,
 };
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
@@ -62,11 +62,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
 
 /// Adds what later versions added to a database created by an earlier one.
 pub(super) fn migrate(conn: &Connection) -> StoreResult<()> {
-    let has_summary: bool = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('customers') WHERE name = 'summary'",
-        [],
-        |r| r.get(0),
-    )?;
+    let has_summary: bool =
+        conn.query_row("SELECT count(*) FROM pragma_table_info('customers') WHERE name = 'summary'", [], |r| r.get(0))?;
     if !has_summary {
         conn.execute_batch("ALTER TABLE customers ADD COLUMN summary TEXT")?;
     }
@@ -75,15 +72,8 @@ pub(super) fn migrate(conn: &Connection) -> StoreResult<()> {
 
 /// Stores an event in the outbox, in the caller's transaction; the same id twice is stored once.
 pub(super) fn insert_outbox(conn: &Connection, e: &OutboxEvent) -> StoreResult<()> {
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO outbox (id, event_type, timestamp, payload) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![
-        e.id,
-        e.event_type,
-        micros(e.timestamp),
-        e.payload.to_string()
-    ])?;
+    conn.prepare_cached("INSERT OR IGNORE INTO outbox (id, event_type, timestamp, payload) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![e.id, e.event_type, micros(e.timestamp), e.payload.to_string()])?;
     Ok(())
 }
 
@@ -107,9 +97,7 @@ fn get_by(conn: &Connection, column: &str, value: &str) -> StoreResult<Option<Cu
     let sql = format!("SELECT doc, version FROM customers WHERE {column} = ?1");
     let row = conn
         .prepare_cached(&sql)?
-        .query_row([value], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })
+        .query_row([value], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
         .optional()?;
     row.map(|(d, v)| row_to_customer(&d, v)).transpose()
 }
@@ -132,30 +120,16 @@ fn unique_violation(conn: &Connection, e: &rusqlite::Error, c: &Customer) -> Opt
     let (field, column, value) = if msg.contains("customers.email") {
         ("email", "email", c.email.clone().unwrap_or_default())
     } else if msg.contains("customers.ext_key") {
-        (
-            "externalId",
-            "ext_key",
-            c.external_id.clone().unwrap_or_default().to_lowercase(),
-        )
+        ("externalId", "ext_key", c.external_id.clone().unwrap_or_default().to_lowercase())
     } else if msg.contains("idempotency") {
-        return Some(StoreError::Conflict {
-            field: "idempotencyKey",
-            existing_id: String::new(),
-        });
+        return Some(StoreError::Conflict { field: "idempotencyKey", existing_id: String::new() });
     } else {
         return None;
     };
     let existing = conn
-        .query_row(
-            &format!("SELECT id FROM customers WHERE {column} = ?1"),
-            [&value],
-            |r| r.get::<_, String>(0),
-        )
+        .query_row(&format!("SELECT id FROM customers WHERE {column} = ?1"), [&value], |r| r.get::<_, String>(0))
         .unwrap_or_default();
-    Some(StoreError::Conflict {
-        field,
-        existing_id: existing,
-    })
+    Some(StoreError::Conflict { field, existing_id: existing })
 }
 
 pub(super) fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<String> {
@@ -173,26 +147,25 @@ pub(super) fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<S
             )?
             // The sort key at the precision the customer is stored and returned with (ms), so a
             // keyset cursor built from a returned customer matches its own row exactly.
-            .execute(params![c.id, ext_key, c.email, c.name_key(), c.created_at.timestamp_millis() * 1000, doc, summary])
+            .execute(params![
+                c.id,
+                ext_key,
+                c.email,
+                c.name_key(),
+                c.created_at.timestamp_millis() * 1000,
+                doc,
+                summary
+            ])
             .map_err(conflict)?;
-            conn.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'customers'")?
-                .execute([])?;
+            conn.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'customers'")?.execute([])?;
             (conn.last_insert_rowid(), 1i64, true)
         }
         WriteKind::Update { expected_etag } => {
             let current = conn
                 .prepare_cached("SELECT seq, version, doc FROM customers WHERE id = ?1")?
-                .query_row([&c.id], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
+                .query_row([&c.id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
                 .optional()?;
-            let Some((seq, version, old_doc)) = current else {
-                return Err(StoreError::NotFound);
-            };
+            let Some((seq, version, old_doc)) = current else { return Err(StoreError::NotFound) };
             if version.to_string() != *expected_etag {
                 return Err(StoreError::PreconditionFailed);
             }
@@ -203,29 +176,17 @@ pub(super) fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<S
             )?
             .execute(params![seq, ext_key, c.email, c.name_key(), version + 1, doc, summary])
             .map_err(conflict)?;
-            let fts_changed =
-                old.name != c.name || old.email != c.email || old.external_id != c.external_id;
+            let fts_changed = old.name != c.name || old.email != c.email || old.external_id != c.external_id;
             if fts_changed {
                 let old_ext = old.external_id.as_ref().map(|e| e.to_lowercase());
-                old_text = Some(super::search::Searchable::new(
-                    &old.name_key(),
-                    old.email.as_deref(),
-                    old_ext.as_deref(),
-                ));
+                old_text = Some(super::search::Searchable::new(&old.name_key(), old.email.as_deref(), old_ext.as_deref()));
                 super::search::defer_fts(super::search::FtsOp::Delete(seq));
             }
             (seq, version + 1, fts_changed)
         }
     };
     if fts_changed {
-        super::search::record((
-            old_text,
-            Some(super::search::Searchable::new(
-                &c.name_key(),
-                c.email.as_deref(),
-                ext_key.as_deref(),
-            )),
-        ));
+        super::search::record((old_text, Some(super::search::Searchable::new(&c.name_key(), c.email.as_deref(), ext_key.as_deref()))));
         super::search::defer_fts(super::search::FtsOp::Insert {
             seq,
             name: c.name.clone(),
@@ -250,23 +211,13 @@ pub(super) fn apply_write(conn: &Connection, w: &CustomerWrite) -> StoreResult<S
 /// Stores the first answer to an Idempotency-Key (replacing an expired one).
 pub(super) fn insert_idempotency(conn: &Connection, r: &IdempotencyRecord) -> rusqlite::Result<()> {
     let cutoff = micros(r.created_at - Duration::hours(IDEMPOTENCY_TTL_HOURS));
-    conn.prepare_cached(
-        "DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND created_at < ?3",
-    )?
-    .execute(params![r.scope, r.key, cutoff])?;
+    conn.prepare_cached("DELETE FROM idempotency WHERE scope = ?1 AND key = ?2 AND created_at < ?3")?
+        .execute(params![r.scope, r.key, cutoff])?;
     conn.prepare_cached(
         "INSERT INTO idempotency (scope, key, request_hash, status, body, location, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![
-        r.scope,
-        r.key,
-        r.request_hash,
-        r.status,
-        r.body,
-        r.location,
-        micros(r.created_at)
-    ])?;
+    .execute(params![r.scope, r.key, r.request_hash, r.status, r.body, r.location, micros(r.created_at)])?;
     Ok(())
 }
 
@@ -277,20 +228,14 @@ impl CustomerStore for SqliteStore {
         self.read_point(move |c| get_by(c, "id", &id)).await
     }
 
-    async fn find_customer_by_external_id(
-        &self,
-        external_id: &str,
-    ) -> StoreResult<Option<Customer>> {
+    async fn find_customer_by_external_id(&self, external_id: &str) -> StoreResult<Option<Customer>> {
         let key = external_id.to_lowercase();
         self.read_point(move |c| get_by(c, "ext_key", &key)).await
     }
 
     async fn list_customers(&self, q: &ListQuery) -> StoreResult<CustomerPage> {
-        let (items, total) = self
-            .list_rows(q, "c.doc, c.version", |r| {
-                row_to_customer(&r.get::<_, String>(0)?, r.get(1)?)
-            })
-            .await?;
+        let (items, total) =
+            self.list_rows(q, "c.doc, c.version", |r| row_to_customer(&r.get::<_, String>(0)?, r.get(1)?)).await?;
         Ok(CustomerPage { items, total })
     }
 
@@ -307,8 +252,7 @@ impl CustomerStore for SqliteStore {
                 let text: String = r.get(3)?;
                 let json = if r.get(4)? {
                     // A row from before the summary column: render it from the document.
-                    serde_json::to_string(&row_to_customer(&text, 0)?.summary())
-                        .map_err(internal)?
+                    serde_json::to_string(&row_to_customer(&text, 0)?.summary()).map_err(internal)?
                 } else {
                     text
                 };
@@ -316,11 +260,7 @@ impl CustomerStore for SqliteStore {
             })
             .await?;
         let last = rows.last().map(|(_, k)| k.clone());
-        Ok(SummaryPage {
-            items: rows.into_iter().map(|(json, _)| json).collect(),
-            last,
-            total,
-        })
+        Ok(SummaryPage { items: rows.into_iter().map(|(json, _)| json).collect(), last, total })
     }
 
     async fn write_customer(&self, w: CustomerWrite) -> StoreResult<String> {
@@ -351,11 +291,7 @@ impl CustomerStore for SqliteStore {
         .await
     }
 
-    async fn get_idempotency(
-        &self,
-        scope: &str,
-        key: &str,
-    ) -> StoreResult<Option<IdempotencyRecord>> {
+    async fn get_idempotency(&self, scope: &str, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
         let (scope, key) = (scope.to_string(), key.to_string());
         let cutoff = micros(Utc::now() - Duration::hours(IDEMPOTENCY_TTL_HOURS));
         self.read(move |conn| {
@@ -380,11 +316,7 @@ impl CustomerStore for SqliteStore {
         .await
     }
 
-    async fn outbox_events(
-        &self,
-        after_id: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Vec<OutboxEvent>> {
+    async fn outbox_events(&self, after_id: Option<&str>, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
         let after = after_id.map(str::to_string);
         self.read(move |conn| {
             let after_seq: i64 = match &after {
@@ -422,22 +354,13 @@ const INLINE_MAX_OFFSET: u64 = 1_000;
 impl SqliteStore {
     /// One page of `q` as `cols` mapped by `row`, and the exact total; keeps a frequent search
     /// term's count from then on.
-    async fn list_rows<T, F>(
-        &self,
-        q: &ListQuery,
-        cols: &'static str,
-        row: F,
-    ) -> StoreResult<(Vec<T>, u64)>
+    async fn list_rows<T, F>(&self, q: &ListQuery, cols: &'static str, row: F) -> StoreResult<(Vec<T>, u64)>
     where
         T: Send + 'static,
         F: Fn(&rusqlite::Row) -> StoreResult<T> + Send + 'static,
     {
         let mut q = q.clone();
-        q.search = q
-            .search
-            .as_deref()
-            .map(str::to_lowercase)
-            .filter(|s| !s.is_empty());
+        q.search = q.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
         let hot = q.search.as_deref().and_then(|t| self.hot_count(t));
         let term = q.search.clone();
         // A page read straight off an index (no search term; a cursor or a shallow offset) costs
@@ -449,11 +372,7 @@ impl SqliteStore {
                 Start::Offset(n) => n <= INLINE_MAX_OFFSET,
             };
         let read = move |conn: &Connection| list(conn, &q, hot, cols, &row);
-        let (items, total, counted) = if bounded {
-            self.read_point(read).await?
-        } else {
-            self.read(read).await?
-        };
+        let (items, total, counted) = if bounded { self.read_point(read).await? } else { self.read(read).await? };
         if let (Some(term), Some(n)) = (term, counted) {
             if n >= super::search::HOT_THRESHOLD {
                 self.make_hot(&term);
@@ -475,9 +394,7 @@ pub(super) fn count_matches(conn: &Connection, term: &str) -> StoreResult<u64> {
             .query_row([fts_phrase(term)], |r| r.get(0))?)
     } else {
         let sql = format!("SELECT count(*) FROM customers c WHERE {SCAN_MATCH}");
-        Ok(conn
-            .prepare_cached(&sql)?
-            .query_row(params![term, term, term], |r| r.get(0))?)
+        Ok(conn.prepare_cached(&sql)?.query_row(params![term, term, term], |r| r.get(0))?)
     }
 }
 
@@ -509,9 +426,7 @@ fn list<T>(
     cols: &str,
     row: &dyn Fn(&rusqlite::Row) -> StoreResult<T>,
 ) -> StoreResult<(Vec<T>, u64, Option<u64>)> {
-    let all: u64 = conn
-        .prepare_cached("SELECT value FROM counters WHERE name = 'customers'")?
-        .query_row([], |r| r.get(0))?;
+    let all: u64 = conn.prepare_cached("SELECT value FROM counters WHERE name = 'customers'")?.query_row([], |r| r.get(0))?;
     let mut counted = None;
     let (total, plan) = match q.search.as_deref() {
         None => (all, Plan::All),
@@ -561,12 +476,8 @@ fn page<T>(
         Start::Offset(n) => (None, *n),
         Start::After(SortKey { value, id }) => {
             match q.sort {
-                SortField::CreatedAt => args.push(Box::new(
-                    value.as_i64().ok_or_else(|| internal("bad cursor"))?,
-                )),
-                SortField::Name => {
-                    args.push(Box::new(value.as_str().unwrap_or_default().to_string()))
-                }
+                SortField::CreatedAt => args.push(Box::new(value.as_i64().ok_or_else(|| internal("bad cursor"))?)),
+                SortField::Name => args.push(Box::new(value.as_str().unwrap_or_default().to_string())),
             }
             args.push(Box::new(id.clone()));
             (Some(format!("(c.{col}, c.id) {cmp} (?, ?)")), 0)
@@ -610,11 +521,7 @@ fn page<T>(
                 }
                 SCAN_MATCH.to_string()
             };
-            let filters = [keyset, Some(matcher)]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(" AND ");
+            let filters = [keyset, Some(matcher)].into_iter().flatten().collect::<Vec<_>>().join(" AND ");
             format!("SELECT {cols} FROM customers c WHERE {filters} {order} LIMIT ? OFFSET ?")
         }
     };
@@ -638,15 +545,9 @@ mod tests {
     use crate::store::{CustomerStore, Health};
 
     async fn create(store: &SqliteStore, name: &str, at: DateTime<Utc>) {
-        let fields = CustomerFields {
-            name: Some(name.into()),
-            ..Default::default()
-        };
+        let fields = CustomerFields { name: Some(name.into()), ..Default::default() };
         let c = fields.into_new_customer(crate::ids::new_id("cstm"), at);
-        store
-            .write_customer(crate::api::customers::new_customer_write(c, at))
-            .await
-            .unwrap();
+        store.write_customer(crate::api::customers::new_customer_write(c, at)).await.unwrap();
     }
 
     /// A database written before the summary column existed gets the column at open, and its
@@ -658,18 +559,12 @@ mod tests {
         {
             let store = SqliteStore::open(dir.path()).unwrap();
             for i in 0..5 {
-                create(
-                    &store,
-                    &format!("Old Customer {i}"),
-                    t - Duration::minutes(10 - i),
-                )
-                .await;
+                create(&store, &format!("Old Customer {i}"), t - Duration::minutes(10 - i)).await;
             }
             store.close().await;
         }
         let conn = Connection::open(dir.path().join("customer360.db")).unwrap();
-        conn.execute_batch("ALTER TABLE customers DROP COLUMN summary")
-            .unwrap();
+        conn.execute_batch("ALTER TABLE customers DROP COLUMN summary").unwrap();
         drop(conn);
 
         let store = SqliteStore::open(dir.path()).unwrap();
@@ -686,19 +581,10 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(got.items.len(), 6);
         let nulls: i64 = store
-            .read(|c| {
-                Ok(c.query_row(
-                    "SELECT count(*) FROM customers WHERE summary IS NULL",
-                    [],
-                    |r| r.get(0),
-                )?)
-            })
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM customers WHERE summary IS NULL", [], |r| r.get(0))?))
             .await
             .unwrap();
-        assert_eq!(
-            nulls, 5,
-            "old rows keep NULL and are rendered from their document"
-        );
+        assert_eq!(nulls, 5, "old rows keep NULL and are rendered from their document");
         store.close().await;
     }
 }

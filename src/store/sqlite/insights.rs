@@ -37,11 +37,7 @@ pub(super) fn apply_rollups(conn: &Connection, deltas: &[RollupDelta]) -> StoreR
 
 #[async_trait::async_trait]
 impl InsightStore for SqliteStore {
-    async fn rollups(
-        &self,
-        from: NaiveDate,
-        to: NaiveDate,
-    ) -> StoreResult<Vec<(NaiveDate, Metric, i64)>> {
+    async fn rollups(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<(NaiveDate, Metric, i64)>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT day, metric, value FROM daily_rollups WHERE day >= ?1 AND day <= ?2 ORDER BY day, metric",

@@ -18,13 +18,7 @@ mod sync;
 mod webhooks;
 
 /// Each area's schema; run in order, idempotently, at open.
-const SCHEMA: &[&str] = &[
-    customers::SCHEMA,
-    clients::SCHEMA,
-    insights::SCHEMA,
-    webhooks::SCHEMA,
-    sync::SCHEMA,
-];
+const SCHEMA: &[&str] = &[customers::SCHEMA, clients::SCHEMA, insights::SCHEMA, webhooks::SCHEMA, sync::SCHEMA];
 
 /// Writes grouped into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -45,10 +39,7 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e {
             rusqlite::Error::SqliteFailure(f, _)
-                if matches!(
-                    f.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) =>
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
             {
                 StoreError::Unavailable(e.to_string())
             }
@@ -61,19 +52,14 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Query-planner stability: without it a statement with `LIMIT ?` (every list page) is
     // marked expired whenever its parameters are bound, and parsed and planned again on every
     // run, which was 14 % of a search request's CPU. Our plans never depend on bound values.
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
-        true,
-    )?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(
         // No mmap: a mapping per connection is re-made each time the file grows and counts every
@@ -87,8 +73,7 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
 impl SqliteStore {
     /// Opens (creating if needed) `<dir>/customer360.db`.
     pub fn open(dir: &Path) -> StoreResult<Arc<SqliteStore>> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("customer360.db");
         let conn = open(&path, false)?;
         // The writer never checkpoints: a checkpoint copies WAL pages into the database file
@@ -132,8 +117,9 @@ impl SqliteStore {
         self.readers.with(f).await
     }
 
-    /// A point read (one row by key, microseconds) runs right here when a connection is free:
-    /// the hop to the blocking pool would cost more than the read itself.
+    /// A short read (one row by key, or a page straight off an index: microseconds) runs right
+    /// here when a connection is free: the hop to the blocking pool would cost more than the
+    /// read itself.
     pub(crate) async fn read_point<R, F>(&self, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
@@ -158,22 +144,13 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job = Box::new(TypedJob {
-            f: Some(f),
-            out: None,
-            reply: Some(tx),
-        });
+        let job = Box::new(TypedJob { f: Some(f), out: None, reply: Some(tx) });
         {
             let guard = self.writer.lock();
-            let sender = guard
-                .as_ref()
-                .ok_or_else(|| StoreError::Unavailable("store is closing".into()))?;
-            sender
-                .send(job)
-                .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+            let sender = guard.as_ref().ok_or_else(|| StoreError::Unavailable("store is closing".into()))?;
+            sender.send(job).map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         }
-        rx.await
-            .map_err(|_| StoreError::Internal("writer dropped the write".into()))?
+        rx.await.map_err(|_| StoreError::Internal("writer dropped the write".into()))?
     }
 
     /// Closes the write queue; the writer commits what is queued, then its thread ends.
@@ -204,14 +181,8 @@ struct ReaderPool {
 
 impl ReaderPool {
     fn new(path: &Path, size: usize) -> StoreResult<Self> {
-        let conns = (0..size)
-            .map(|_| open(path, true))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Self {
-            conns: Mutex::new(conns),
-            permits: Semaphore::new(size),
-            path: path.to_path_buf(),
-        })
+        let conns = (0..size).map(|_| open(path, true)).collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Self { conns: Mutex::new(conns), permits: Semaphore::new(size), path: path.to_path_buf() })
     }
 
     async fn with<R, F>(self: &Arc<Self>, f: F) -> StoreResult<R>
@@ -310,10 +281,7 @@ impl SqliteStore {
     /// Asks the writer to keep `term`'s count from now on (fire and forget).
     pub(crate) fn make_hot(&self, term: &str) {
         if let Some(sender) = self.writer.lock().as_ref() {
-            let _ = sender.send(Box::new(HotTermJob {
-                term: term.to_string(),
-                hot: self.hot.clone(),
-            }));
+            let _ = sender.send(Box::new(HotTermJob { term: term.to_string(), hot: self.hot.clone() }));
         }
     }
 }
@@ -363,12 +331,7 @@ fn checkpoint_loop(conn: Connection, commits: mpsc::Receiver<()>, wal_pages: &At
     }
 }
 
-fn writer_loop(
-    conn: Connection,
-    rx: mpsc::Receiver<Box<dyn Job>>,
-    hot: &search::HotCounts,
-    checkpointer: Connection,
-) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, hot: &search::HotCounts, checkpointer: Connection) {
     let (commits, commit_rx) = mpsc::sync_channel::<()>(1);
     let wal_pages = Arc::new(AtomicI64::new(0));
     let reported = wal_pages.clone();
@@ -385,24 +348,15 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let (mut later, mut batch): (Vec<_>, Vec<_>) =
-            batch.into_iter().partition(|j| j.after_commit());
-        let committed = if batch.is_empty() {
-            Ok(())
-        } else {
-            run_batch(&conn, &mut batch)
-        };
+        let (mut later, mut batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.after_commit());
+        let committed = if batch.is_empty() { Ok(()) } else { run_batch(&conn, &mut batch) };
         if committed.is_ok() && !batch.is_empty() {
             if wal_pages.load(Ordering::Relaxed) > WAL_RESTART_PAGES {
                 // Most of the log is copied already: copy the rest here, between transactions,
                 // so the next one rewinds the log. PASSIVE never waits: while the checkpointer
                 // is busy this answers "busy" at once and the next commit tries again.
                 match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                 }) {
                     Ok((0, log, copied)) if log == copied => wal_pages.store(0, Ordering::Relaxed),
                     Ok(_) => {}
@@ -463,8 +417,7 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
 #[async_trait::async_trait]
 impl super::Health for SqliteStore {
     async fn ready(&self) -> StoreResult<()> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(Into::into))
-            .await
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(Into::into)).await
     }
 
     async fn close(&self) {
@@ -484,22 +437,12 @@ mod tests {
     fn cached_statements_with_a_bound_limit_are_not_reprepared() {
         let dir = tempfile::tempdir().unwrap();
         let conn = open(&dir.path().join("t.db"), false).unwrap();
-        conn.execute_batch("CREATE TABLE t(x INTEGER); INSERT INTO t VALUES (1), (2), (3);")
-            .unwrap();
+        conn.execute_batch("CREATE TABLE t(x INTEGER); INSERT INTO t VALUES (1), (2), (3);").unwrap();
         for (limit, offset) in [(1, 0), (2, 1), (3, 0), (1, 2)] {
-            let mut stmt = conn
-                .prepare_cached("SELECT x FROM t ORDER BY x LIMIT ? OFFSET ?")
-                .unwrap();
-            let n = stmt
-                .query_map([limit, offset], |r| r.get::<_, i64>(0))
-                .unwrap()
-                .count();
+            let mut stmt = conn.prepare_cached("SELECT x FROM t ORDER BY x LIMIT ? OFFSET ?").unwrap();
+            let n = stmt.query_map([limit, offset], |r| r.get::<_, i64>(0)).unwrap().count();
             assert_eq!(n as i64, limit.min(3 - offset));
-            assert_eq!(
-                stmt.get_status(rusqlite::StatementStatus::RePrepare),
-                0,
-                "limit {limit} offset {offset}"
-            );
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0, "limit {limit} offset {offset}");
         }
     }
 }

@@ -19,11 +19,7 @@ pub(super) struct Searchable([String; 3]);
 
 impl Searchable {
     pub(super) fn new(name_key: &str, email: Option<&str>, ext_key: Option<&str>) -> Self {
-        Searchable([
-            name_key.to_string(),
-            email.unwrap_or_default().to_string(),
-            ext_key.unwrap_or_default().to_string(),
-        ])
+        Searchable([name_key.to_string(), email.unwrap_or_default().to_string(), ext_key.unwrap_or_default().to_string()])
     }
 
     /// The same predicate as the scan plan: `instr(column, term) > 0` on any field.
@@ -41,12 +37,7 @@ pub(super) type TextChange = (Option<Searchable>, Option<Searchable>);
 #[derive(Debug)]
 pub(super) enum FtsOp {
     Delete(i64),
-    Insert {
-        seq: i64,
-        name: String,
-        email: Option<String>,
-        external_id: Option<String>,
-    },
+    Insert { seq: i64, name: String, email: Option<String>, external_id: Option<String> },
 }
 
 #[derive(Default)]
@@ -93,15 +84,9 @@ pub(super) fn flush_fts(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     for op in ops {
         match op {
             FtsOp::Delete(seq) => {
-                conn.prepare_cached("DELETE FROM customers_fts WHERE rowid = ?1")?
-                    .execute([seq])?;
+                conn.prepare_cached("DELETE FROM customers_fts WHERE rowid = ?1")?.execute([seq])?;
             }
-            FtsOp::Insert {
-                seq,
-                name,
-                email,
-                external_id,
-            } => {
+            FtsOp::Insert { seq, name, email, external_id } => {
                 conn.prepare_cached("INSERT INTO customers_fts (rowid, name, email, external_id) VALUES (?1, ?2, ?3, ?4)")?
                     .execute(rusqlite::params![seq, name, email, external_id])?;
             }

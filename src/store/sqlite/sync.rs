@@ -2,8 +2,8 @@
 use super::customers::{apply_write, from_micros, insert_idempotency, micros};
 use super::{internal, SqliteStore};
 use crate::store::{
-    Claim, IdempotencyRecord, JobStatus, Opportunity, OpportunityQuery, OpportunityWrite,
-    StoreError, StoreResult, SyncEntity, SyncJob, SyncStore,
+    Claim, IdempotencyRecord, JobStatus, Opportunity, OpportunityQuery, OpportunityWrite, StoreError, StoreResult,
+    SyncEntity, SyncJob, SyncStore,
 };
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -42,22 +42,12 @@ type LeasedJob = (SyncJob, Option<String>, Option<i64>);
 fn get_job(conn: &Connection, id: &str) -> StoreResult<Option<LeasedJob>> {
     let row = conn
         .prepare_cached("SELECT doc, lease_owner, lease_until FROM sync_jobs WHERE id = ?1")?
-        .query_row([id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
-        })
+        .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?)))
         .optional()?;
     row.map(|(d, o, u)| Ok((job_from(&d)?, o, u))).transpose()
 }
 
-fn put_job(
-    conn: &Connection,
-    job: &SyncJob,
-    lease: Option<(&str, DateTime<Utc>)>,
-) -> StoreResult<()> {
+fn put_job(conn: &Connection, job: &SyncJob, lease: Option<(&str, DateTime<Utc>)>) -> StoreResult<()> {
     let doc = serde_json::to_string(job).map_err(internal)?;
     conn.prepare_cached(
         "UPDATE sync_jobs SET status = ?2, lease_owner = ?3, lease_until = ?4, doc = ?5 WHERE id = ?1",
@@ -66,27 +56,14 @@ fn put_job(
     Ok(())
 }
 
-fn claim(
-    conn: &Connection,
-    id: &str,
-    owner: &str,
-    now: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> StoreResult<Claim> {
-    let Some((mut job, lease_owner, lease_until)) = get_job(conn, id)? else {
-        return Ok(Claim::NotFound);
-    };
+fn claim(conn: &Connection, id: &str, owner: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> StoreResult<Claim> {
+    let Some((mut job, lease_owner, lease_until)) = get_job(conn, id)? else { return Ok(Claim::NotFound) };
     if job.status.is_finished() {
         return Ok(Claim::Finished(job));
     }
     let live = |until: Option<i64>| until.is_some_and(|u| u > micros(now));
-    if job.status == JobStatus::Running
-        && live(lease_until)
-        && lease_owner.as_deref() != Some(owner)
-    {
-        return Ok(Claim::Busy(format!(
-            "job {id} is being worked by another worker"
-        )));
+    if job.status == JobStatus::Running && live(lease_until) && lease_owner.as_deref() != Some(owner) {
+        return Ok(Claim::Busy(format!("job {id} is being worked by another worker")));
     }
     let other: Option<String> = conn
         .prepare_cached(
@@ -95,10 +72,7 @@ fn claim(
         .query_row(params![job.entity.as_str(), id, micros(now)], |r| r.get(0))
         .optional()?;
     if let Some(other) = other {
-        return Ok(Claim::Busy(format!(
-            "job {other} is already running for {}",
-            job.entity.as_str()
-        )));
+        return Ok(Claim::Busy(format!("job {other} is already running for {}", job.entity.as_str())));
     }
     if job.entity == SyncEntity::Opportunities {
         // Opportunities need their customers: wait for an older customers job to finish.
@@ -119,15 +93,8 @@ fn claim(
     Ok(Claim::Claimed(job))
 }
 
-fn save(
-    conn: &Connection,
-    job: &SyncJob,
-    owner: &str,
-    until: Option<DateTime<Utc>>,
-) -> StoreResult<()> {
-    let Some((current, lease_owner, _)) = get_job(conn, &job.id)? else {
-        return Err(StoreError::NotFound);
-    };
+fn save(conn: &Connection, job: &SyncJob, owner: &str, until: Option<DateTime<Utc>>) -> StoreResult<()> {
+    let Some((current, lease_owner, _)) = get_job(conn, &job.id)? else { return Err(StoreError::NotFound) };
     if current.status.is_finished() || lease_owner.as_deref() != Some(owner) {
         return Err(StoreError::PreconditionFailed);
     }
@@ -142,11 +109,7 @@ fn save(
             return Err(StoreError::PreconditionFailed);
         }
     }
-    let lease = if job.status.is_finished() {
-        None
-    } else {
-        until.map(|u| (owner, u))
-    };
+    let lease = if job.status.is_finished() { None } else { until.map(|u| (owner, u)) };
     put_job(conn, job, lease)?;
     // The job's end and its webhook event are one write.
     if let Some(e) = job.terminal_event() {
@@ -180,24 +143,15 @@ fn write_opportunity(conn: &Connection, w: &OpportunityWrite) -> StoreResult<()>
     Ok(())
 }
 
-fn list_opportunities(
-    conn: &Connection,
-    q: &OpportunityQuery,
-) -> StoreResult<(Vec<Opportunity>, u64)> {
+fn list_opportunities(conn: &Connection, q: &OpportunityQuery) -> StoreResult<(Vec<Opportunity>, u64)> {
     let key = q.customer_external_id.as_ref().map(|k| k.to_lowercase());
     let filter = "(?1 IS NULL OR customer_ext_key = ?1)";
     let total: u64 = conn
-        .prepare_cached(&format!(
-            "SELECT count(*) FROM opportunities WHERE {filter}"
-        ))?
+        .prepare_cached(&format!("SELECT count(*) FROM opportunities WHERE {filter}"))?
         .query_row(params![key], |r| r.get(0))?;
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT doc FROM opportunities WHERE {filter} ORDER BY seq DESC LIMIT ?2 OFFSET ?3"
-    ))?;
-    let rows = stmt.query_map(
-        params![key, q.limit, q.offset.min(i64::MAX as u64) as i64],
-        |r| r.get::<_, String>(0),
-    )?;
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT doc FROM opportunities WHERE {filter} ORDER BY seq DESC LIMIT ?2 OFFSET ?3"))?;
+    let rows = stmt.query_map(params![key, q.limit, q.offset.min(i64::MAX as u64) as i64], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for row in rows {
         out.push(opportunity_from(&row?)?);
@@ -217,30 +171,16 @@ fn jobs(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> StoreResul
 
 #[async_trait::async_trait]
 impl SyncStore for SqliteStore {
-    async fn insert_sync_job(
-        &self,
-        job: &SyncJob,
-        idempotency: Option<IdempotencyRecord>,
-    ) -> StoreResult<()> {
+    async fn insert_sync_job(&self, job: &SyncJob, idempotency: Option<IdempotencyRecord>) -> StoreResult<()> {
         let job = job.clone();
         self.write(move |conn| {
             let doc = serde_json::to_string(&job).map_err(internal)?;
-            conn.prepare_cached(
-                "INSERT INTO sync_jobs (id, entity, status, doc) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![
-                job.id,
-                job.entity.as_str(),
-                job.status.as_str(),
-                doc
-            ])?;
+            conn.prepare_cached("INSERT INTO sync_jobs (id, entity, status, doc) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![job.id, job.entity.as_str(), job.status.as_str(), doc])?;
             if let Some(r) = &idempotency {
                 insert_idempotency(conn, r).map_err(|e| {
                     if e.to_string().contains("UNIQUE constraint failed") {
-                        StoreError::Conflict {
-                            field: "idempotencyKey",
-                            existing_id: String::new(),
-                        }
+                        StoreError::Conflict { field: "idempotencyKey", existing_id: String::new() }
                     } else {
                         e.into()
                     }
@@ -253,8 +193,7 @@ impl SyncStore for SqliteStore {
 
     async fn get_sync_job(&self, id: &str) -> StoreResult<Option<SyncJob>> {
         let id = id.to_string();
-        self.read(move |conn| Ok(get_job(conn, &id)?.map(|j| j.0)))
-            .await
+        self.read(move |conn| Ok(get_job(conn, &id)?.map(|j| j.0))).await
     }
 
     async fn list_sync_jobs(&self, offset: u64, limit: u32) -> StoreResult<(Vec<SyncJob>, u64)> {
@@ -271,50 +210,24 @@ impl SyncStore for SqliteStore {
     }
 
     async fn unfinished_sync_jobs(&self) -> StoreResult<Vec<SyncJob>> {
-        self.read(|conn| {
-            jobs(
-                conn,
-                "SELECT doc FROM sync_jobs WHERE status IN ('queued', 'running') ORDER BY seq",
-                [],
-            )
-        })
-        .await
+        self.read(|conn| jobs(conn, "SELECT doc FROM sync_jobs WHERE status IN ('queued', 'running') ORDER BY seq", []))
+            .await
     }
 
-    async fn claim_sync_job(
-        &self,
-        id: &str,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> StoreResult<Claim> {
+    async fn claim_sync_job(&self, id: &str, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> StoreResult<Claim> {
         let (id, owner) = (id.to_string(), owner.to_string());
-        self.write(move |conn| claim(conn, &id, &owner, now, lease_until))
-            .await
+        self.write(move |conn| claim(conn, &id, &owner, now, lease_until)).await
     }
 
-    async fn save_sync_job(
-        &self,
-        job: &SyncJob,
-        owner: &str,
-        lease_until: Option<DateTime<Utc>>,
-    ) -> StoreResult<()> {
+    async fn save_sync_job(&self, job: &SyncJob, owner: &str, lease_until: Option<DateTime<Utc>>) -> StoreResult<()> {
         let (job, owner) = (job.clone(), owner.to_string());
-        self.write(move |conn| save(conn, &job, &owner, lease_until))
-            .await
+        self.write(move |conn| save(conn, &job, &owner, lease_until)).await
     }
 
-    async fn fail_sync_job(
-        &self,
-        id: &str,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<SyncJob>> {
+    async fn fail_sync_job(&self, id: &str, reason: &str, now: DateTime<Utc>) -> StoreResult<Option<SyncJob>> {
         let (id, reason) = (id.to_string(), reason.to_string());
         self.write(move |conn| {
-            let Some((mut job, _, _)) = get_job(conn, &id)? else {
-                return Ok(None);
-            };
+            let Some((mut job, _, _)) = get_job(conn, &id)? else { return Ok(None) };
             if !job.status.is_finished() {
                 job.status = JobStatus::Failed;
                 job.reason = Some(reason);
@@ -340,10 +253,7 @@ impl SyncStore for SqliteStore {
         .await
     }
 
-    async fn find_opportunity_by_external_id(
-        &self,
-        external_id: &str,
-    ) -> StoreResult<Option<Opportunity>> {
+    async fn find_opportunity_by_external_id(&self, external_id: &str) -> StoreResult<Option<Opportunity>> {
         let key = external_id.to_lowercase();
         self.read(move |conn| {
             let doc: Option<String> = conn
@@ -359,10 +269,7 @@ impl SyncStore for SqliteStore {
         self.write(move |conn| write_opportunity(conn, &w)).await
     }
 
-    async fn list_opportunities(
-        &self,
-        q: &OpportunityQuery,
-    ) -> StoreResult<(Vec<Opportunity>, u64)> {
+    async fn list_opportunities(&self, q: &OpportunityQuery) -> StoreResult<(Vec<Opportunity>, u64)> {
         let q = q.clone();
         self.read(move |conn| list_opportunities(conn, &q)).await
     }

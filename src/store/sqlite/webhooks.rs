@@ -1,8 +1,7 @@
 //! Webhook subscriptions, the fan-out mark and deliveries on SQLite.
 use super::{internal, SqliteStore};
 use crate::store::{
-    AttemptResult, CustomerStore, DeliveryStatus, OutboxEvent, StoreError, StoreResult,
-    WebhookDelivery, WebhookStore, WebhookSubscription,
+    AttemptResult, CustomerStore, OutboxEvent, DeliveryStatus, StoreError, StoreResult, WebhookDelivery, WebhookStore, WebhookSubscription,
 };
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -43,8 +42,7 @@ CREATE TABLE IF NOT EXISTS webhook_state (name TEXT PRIMARY KEY, value TEXT NOT 
 
 const MARK: &str = "fan_out_mark";
 
-const DELIVERY_COLUMNS: &str =
-    "id, subscription_id, event_id, event_type, payload, status, attempts, retry_step,
+const DELIVERY_COLUMNS: &str = "id, subscription_id, event_id, event_type, payload, status, attempts, retry_step,
   last_status_code, last_error, last_attempt_at, next_attempt_at, delivered_at, created_at";
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -55,22 +53,7 @@ fn from_micros(m: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(m).unwrap_or_default()
 }
 
-type RawDelivery = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    u32,
-    u32,
-    Option<u16>,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    i64,
-);
+type RawDelivery = (String, String, String, String, String, String, u32, u32, Option<u16>, Option<String>, Option<i64>, Option<i64>, Option<i64>, i64);
 
 fn raw_delivery(r: &Row) -> rusqlite::Result<RawDelivery> {
     Ok((
@@ -92,30 +75,14 @@ fn raw_delivery(r: &Row) -> rusqlite::Result<RawDelivery> {
 }
 
 fn to_delivery(raw: RawDelivery) -> StoreResult<WebhookDelivery> {
-    let (
-        id,
-        subscription_id,
-        event_id,
-        event_type,
-        payload,
-        status,
-        attempts,
-        retry_step,
-        code,
-        error,
-        last,
-        next,
-        delivered,
-        created,
-    ) = raw;
+    let (id, subscription_id, event_id, event_type, payload, status, attempts, retry_step, code, error, last, next, delivered, created) = raw;
     Ok(WebhookDelivery {
         id,
         subscription_id,
         event_id,
         event_type,
         payload: serde_json::from_str(&payload).map_err(internal)?,
-        status: DeliveryStatus::parse(&status)
-            .ok_or_else(|| internal(format!("bad delivery status {status:?}")))?,
+        status: DeliveryStatus::parse(&status).ok_or_else(|| internal(format!("bad delivery status {status:?}")))?,
         attempts,
         retry_step,
         last_status_code: code,
@@ -127,9 +94,7 @@ fn to_delivery(raw: RawDelivery) -> StoreResult<WebhookDelivery> {
     })
 }
 
-fn collect(
-    rows: impl Iterator<Item = rusqlite::Result<RawDelivery>>,
-) -> StoreResult<Vec<WebhookDelivery>> {
+fn collect(rows: impl Iterator<Item = rusqlite::Result<RawDelivery>>) -> StoreResult<Vec<WebhookDelivery>> {
     rows.map(|r| to_delivery(r?)).collect()
 }
 
@@ -137,9 +102,7 @@ fn to_subscription(r: &Row) -> rusqlite::Result<(String, String, String, Option<
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
-fn subscription(
-    raw: (String, String, String, Option<String>, i64),
-) -> StoreResult<WebhookSubscription> {
+fn subscription(raw: (String, String, String, Option<String>, i64)) -> StoreResult<WebhookSubscription> {
     let (id, url, events, description, created) = raw;
     Ok(WebhookSubscription {
         id,
@@ -150,14 +113,8 @@ fn subscription(
     })
 }
 
-fn get_delivery(
-    conn: &Connection,
-    subscription_id: &str,
-    delivery_id: &str,
-) -> StoreResult<Option<WebhookDelivery>> {
-    let sql = format!(
-        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = ?1 AND subscription_id = ?2"
-    );
+fn get_delivery(conn: &Connection, subscription_id: &str, delivery_id: &str) -> StoreResult<Option<WebhookDelivery>> {
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = ?1 AND subscription_id = ?2");
     conn.prepare_cached(&sql)?
         .query_row(params![delivery_id, subscription_id], raw_delivery)
         .optional()?
@@ -205,14 +162,11 @@ impl WebhookStore for SqliteStore {
     async fn delete_subscription(&self, id: &str) -> StoreResult<()> {
         let id = id.to_string();
         self.write(move |conn| {
-            let n = conn
-                .prepare_cached("DELETE FROM webhook_subscriptions WHERE id = ?1")?
-                .execute([&id])?;
+            let n = conn.prepare_cached("DELETE FROM webhook_subscriptions WHERE id = ?1")?.execute([&id])?;
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
-            conn.prepare_cached("DELETE FROM webhook_deliveries WHERE subscription_id = ?1")?
-                .execute([&id])?;
+            conn.prepare_cached("DELETE FROM webhook_deliveries WHERE subscription_id = ?1")?.execute([&id])?;
             Ok(())
         })
         .await
@@ -231,14 +185,8 @@ impl WebhookStore for SqliteStore {
         self.outbox_events(mark.as_deref(), limit).await
     }
 
-    async fn fan_out(
-        &self,
-        deliveries: Vec<WebhookDelivery>,
-        events: &[String],
-    ) -> StoreResult<()> {
-        let Some(mark) = events.last().cloned() else {
-            return Ok(());
-        };
+    async fn fan_out(&self, deliveries: Vec<WebhookDelivery>, events: &[String]) -> StoreResult<()> {
+        let Some(mark) = events.last().cloned() else { return Ok(()) };
         self.write(move |conn| {
             for d in &deliveries {
                 conn.prepare_cached(
@@ -308,21 +256,13 @@ impl WebhookStore for SqliteStore {
                  RETURNING {DELIVERY_COLUMNS}"
             );
             let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![owner, micros(lease_until), micros(now), limit],
-                raw_delivery,
-            )?;
+            let rows = stmt.query_map(params![owner, micros(lease_until), micros(now), limit], raw_delivery)?;
             collect(rows)
         })
         .await
     }
 
-    async fn record_attempt(
-        &self,
-        delivery_id: &str,
-        owner: &str,
-        r: &AttemptResult,
-    ) -> StoreResult<bool> {
+    async fn record_attempt(&self, delivery_id: &str, owner: &str, r: &AttemptResult) -> StoreResult<bool> {
         let (id, owner, r) = (delivery_id.to_string(), owner.to_string(), r.clone());
         self.write(move |conn| {
             let delivered = (r.status == DeliveryStatus::Delivered).then_some(micros(r.at));
@@ -348,11 +288,7 @@ impl WebhookStore for SqliteStore {
         .await
     }
 
-    async fn list_deliveries(
-        &self,
-        subscription_id: &str,
-        limit: u32,
-    ) -> StoreResult<Vec<WebhookDelivery>> {
+    async fn list_deliveries(&self, subscription_id: &str, limit: u32) -> StoreResult<Vec<WebhookDelivery>> {
         let id = subscription_id.to_string();
         self.read(move |conn| {
             let sql = format!(
@@ -365,21 +301,12 @@ impl WebhookStore for SqliteStore {
         .await
     }
 
-    async fn get_delivery(
-        &self,
-        subscription_id: &str,
-        delivery_id: &str,
-    ) -> StoreResult<Option<WebhookDelivery>> {
+    async fn get_delivery(&self, subscription_id: &str, delivery_id: &str) -> StoreResult<Option<WebhookDelivery>> {
         let (s, d) = (subscription_id.to_string(), delivery_id.to_string());
         self.read(move |conn| get_delivery(conn, &s, &d)).await
     }
 
-    async fn redeliver(
-        &self,
-        subscription_id: &str,
-        delivery_id: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<WebhookDelivery> {
+    async fn redeliver(&self, subscription_id: &str, delivery_id: &str, now: DateTime<Utc>) -> StoreResult<WebhookDelivery> {
         let (s, d) = (subscription_id.to_string(), delivery_id.to_string());
         self.write(move |conn| {
             let n = conn
